@@ -1,0 +1,14 @@
+"""SAE Lab: sparse autoencoders as ComfyUI nodes.
+
+ComfyUI imports this folder as a package and calls ``comfy_entrypoint``. Outside ComfyUI (pytest,
+the ``sae_core`` CLI) this file must import cleanly, so the nodes are only imported when ComfyUI's
+API is importable.
+"""
+import importlib.util
+
+WEB_DIRECTORY = "./web"
+
+if importlib.util.find_spec("comfy_api") is not None:
+    from .nodes import comfy_entrypoint  # noqa: F401
+
+__all__ = ["WEB_DIRECTORY"]
