@@ -259,6 +259,26 @@ class SparseAutoencoder(nn.Module):
         """
         return self.topk_from_pre(self.pre_activations(x), k)
 
+    def feature_activations(self, x: Tensor, features: Tensor, *, standardized: bool = False) -> Tensor:
+        """Activations (..., F) of the given features only, exactly as in the full code.
+
+        TopK SAEs need every pre-activation to know whether a feature made the top k; ReLU and JumpReLU
+        SAEs only compute the requested rows.
+        """
+        features = features.to(device=x.device, dtype=torch.long)
+        if self.activation == "topk":
+            code = self.encode_topk(x) if not standardized else self.topk_from_pre(
+                self.pre_activations(x, standardized=True))
+            hits = code.indices[..., :, None] == features
+            return (code.values[..., :, None] * hits).sum(dim=-2)
+        if not standardized:
+            x, _ = self.standardize(x)
+        w = self._weights(x)
+        pre = (x - w.b_dec) @ w.W_enc[features].t() + w.b_enc[features]
+        if self.activation == "relu":
+            return pre.relu()
+        return pre * (pre > w.threshold[features])
+
     def _resolve_k(self, k: int | None) -> int:
         k = self.k if k is None else k
         if k is None:

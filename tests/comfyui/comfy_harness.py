@@ -1,0 +1,40 @@
+"""Import ComfyUI from COMFYUI_PATH (or skip the importing test module, saying why) and load this pack
+the way ComfyUI does: the repository root as a package, so the nodes' relative imports resolve."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+
+if not COMFYUI_PATH:
+    pytest.skip("COMFYUI_PATH is not set: the ComfyUI integration tests need a ComfyUI checkout "
+                "(COMFYUI_PATH=/path/to/ComfyUI python -m pytest)", allow_module_level=True)
+if not (Path(COMFYUI_PATH) / "comfy" / "model_patcher.py").is_file():
+    raise RuntimeError(f"COMFYUI_PATH={COMFYUI_PATH} does not look like a ComfyUI checkout (no comfy/model_patcher.py)")
+
+if COMFYUI_PATH not in sys.path:
+    sys.path.insert(0, COMFYUI_PATH)
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
+
+PACK_NAME = "sae_lab_pack"
+
+
+def load_pack():
+    """This repository imported as ComfyUI imports a custom node folder."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
