@@ -96,7 +96,9 @@ def call_context(transformer_options: dict) -> CallContext:
     kinds = tuple(int(k) for k in (transformer_options.get("cond_or_uncond") or (0,)))
     sigmas = transformer_options.get("sigmas")
     sigma = float(sigmas.max()) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
-    return CallContext(kinds, sigma)
+    schedule = transformer_options.get("sample_sigmas")
+    schedule = tuple(schedule.tolist()) if isinstance(schedule, torch.Tensor) else None
+    return CallContext(kinds, sigma, schedule)
 
 
 def install_block_patch(model, block: Block, patch: BlockPatch, label: str):

@@ -43,7 +43,7 @@ class SAEFeatureSteer(io.ComfyNode):
                                tooltip="Paper units: for add/clamp/replace a multiple of the feature's mean "
                                        "activation (when the SAE has statistics, else raw); for scale the "
                                        "factor added to 1. 0 leaves the image unchanged in add and scale."),
-                io.String.Input("block", default="", advanced=True,
+                io.String.Input("block", default="",
                                 tooltip="Leave empty to use the block the SAE was trained on. Accepts diffusers "
                                         "names (down_blocks.2.attentions.1), the paper's codes (down.2.1, mid.0, "
                                         "up.0.0, up.0.1) or ComfyUI paths (input_blocks.8.1)."),

@@ -21,10 +21,23 @@ PASSES = ("positive", "negative", "both", "positive, negated on negative")
 
 @dataclass(frozen=True)
 class CallContext:
-    """Per-call facts: the pass of each chunk (``cond_or_uncond``) and the current sigma."""
+    """Per-call facts: the pass of each chunk (``cond_or_uncond``), the current sigma and the schedule."""
 
     chunk_kinds: tuple[int, ...] = (POSITIVE,)
     sigma: float | None = None
+    sample_sigmas: tuple[float, ...] | None = None  # the whole schedule, ending with the final sigma (often 0)
+
+    @property
+    def n_steps(self) -> int | None:
+        return len(self.sample_sigmas) - 1 if self.sample_sigmas else None
+
+    @property
+    def step(self) -> int | None:
+        """Index of the schedule entry nearest to the current sigma (the step being denoised)."""
+        if self.sigma is None or not self.sample_sigmas:
+            return None
+        steps = self.sample_sigmas[:-1] or self.sample_sigmas
+        return min(range(len(steps)), key=lambda i: abs(steps[i] - self.sigma))
 
 
 @dataclass(frozen=True)

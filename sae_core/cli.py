@@ -1,8 +1,7 @@
-"""``python -m sae_core``: inspect and convert SAEs (more subcommands register themselves in COMMANDS)."""
+"""``python -m sae_core``: the command line. Subcommands live in sae_core/commands/, one module per family."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Callable
 
@@ -19,71 +18,19 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
     return register
 
 
-def _inspect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="SAE file or folder, or hf://owner/repo[/subfolder]")
-    p.add_argument("--hookpoint", help="pick one SAE from a folder holding several")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-@command("inspect", "show what an SAE checkpoint holds", _inspect_args)
-def _inspect(args: argparse.Namespace) -> int:
-    from .formats import load_sae
-
-    sae = load_sae(args.path, hookpoint=args.hookpoint)
-    info = sae.info()
-    if args.json:
-        print(json.dumps(info, sort_keys=True))
-        return 0
-    print(sae.describe())
-    width = max(len(key) for key in info)
-    for key, value in info.items():
-        print(f"  {key:<{width}}  {value}")
-    return 0
-
-
-def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="SAE file or folder in any supported format")
-    p.add_argument("dst", help="output .safetensors (native format)")
-    p.add_argument("--hookpoint", help="pick one SAE from a folder holding several")
-    p.add_argument("--set-hookpoint", help="record this hookpoint (e.g. unet.up_blocks.0.attentions.1)")
-    p.add_argument("--set-input-kind", choices=["diff", "output"], help="record what the SAE encodes")
-    p.add_argument("--set-model-family", help="record the model family (sdxl, sd15, ...)")
-
-
-@command("convert", "convert an SAE to the native single-file format", _convert_args)
-def _convert(args: argparse.Namespace) -> int:
-    from .blocks import diffusers_name, hookpoint_of
-    from .formats import load_sae
-    from .formats.native import save
-
-    sae = load_sae(args.src, hookpoint=args.hookpoint)
-    if args.set_hookpoint:
-        name = diffusers_name(args.set_hookpoint)
-        sae.hookpoint = hookpoint_of(name) if name else args.set_hookpoint
-    if args.set_input_kind:
-        sae.input_kind = args.set_input_kind
-    if args.set_model_family:
-        sae.model_family = args.set_model_family
-    save(sae, args.dst, extra={"converted_from": sae.source_format})
-    print(f"wrote {args.dst}: {sae.describe()}")
-    return 0
-
-
-def _load_plugins() -> None:
-    """Subcommands that live with their feature (training, atlas) register on import."""
+def _load_commands() -> None:
+    """Import every module of sae_core.commands: each registers its subcommands on import."""
     import importlib
+    import pkgutil
 
-    for module in ("sae_core.train.cli", "sae_core.atlas_cli"):
-        try:
-            importlib.import_module(module.replace("sae_core", __package__, 1))
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(__package__):
-                continue
-            raise
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_plugins()
+    _load_commands()
     parser = argparse.ArgumentParser(prog="python -m sae_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in COMMANDS.items():

@@ -194,3 +194,12 @@ def test_half_precision_edit_keeps_dtype():
     x, y = _block()
     out = _apply(sae, "scale", [FeatureEdit(_active_feature(sae, to_tokens(y - x)), 2.0)], x.half(), y.half())
     assert out.dtype == torch.float16
+
+
+def test_call_context_finds_the_step_from_the_schedule():
+    schedule = (14.6, 7.0, 3.1, 1.2, 0.0)
+    assert CallContext((0,), 14.6, schedule).step == 0
+    assert CallContext((0,), 3.0999, schedule).step == 2
+    assert CallContext((0,), 1.2, schedule).step == 3
+    assert CallContext((0,), 1.2, schedule).n_steps == 4
+    assert CallContext((0,), None, schedule).step is None

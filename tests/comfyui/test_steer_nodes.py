@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import comfy_harness
+import comfy_harness  # noqa: I001  (first: skips without COMFYUI_PATH, sets up ComfyUI)
 from tiny_models import BlockProbe, build_unet, random_conditioning, sample
 
 import comfy.utils
@@ -276,3 +276,32 @@ def test_loader_hub_download_lands_in_models_sae(sae_folder, monkeypatch):
 def test_comfy_unet_to_diffusers_is_what_the_layout_uses(sdxl):
     key_map = comfy.utils.unet_to_diffusers(sdxl.model.model_config.unet_config)
     assert key_map["down_blocks.2.attentions.1.proj_in.weight"] == "input_blocks.8.1.proj_in.weight"
+
+
+def test_every_node_schema_is_valid_for_this_comfyui():
+    import asyncio
+
+    extension = asyncio.run(pack.comfy_entrypoint())
+    for node_cls in asyncio.run(extension.get_node_list()):
+        schema = node_cls.GET_SCHEMA()
+        assert schema.node_id.startswith("SAE") and schema.description and schema.display_name
+        node_cls.INPUT_TYPES()
+        for item in schema.inputs:
+            assert item.tooltip or item.id in ("model", "sae"), f"{schema.node_id}.{item.id} has no tooltip"
+
+
+def test_call_context_in_a_real_run_gives_passes_and_steps(sdxl):
+    from sae_lab_pack.nodes.comfy_glue import install_block_patch
+
+    seen = []
+
+    def spy(x, y, ctx):
+        seen.append(ctx)
+        return y
+
+    block = model_block_layout(sdxl).resolve("mid.0")
+    pos, neg = random_conditioning()
+    sample(install_block_patch(sdxl, block, spy, "spy"), pos, neg, LATENT, steps=3, cfg=2.0)
+    assert [c.step for c in seen] == [0, 1, 2]
+    assert all(c.n_steps == 3 and sorted(c.chunk_kinds) == [0, 1] for c in seen)
+    assert seen[0].sigma > seen[1].sigma > seen[2].sigma > 0

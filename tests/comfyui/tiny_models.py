@@ -10,8 +10,7 @@ import zlib
 
 import torch
 
-import comfy_harness  # noqa: F401  (skips without COMFYUI_PATH, sets up ComfyUI)
-import comfy.model_patcher
+import comfy.model_patcher  # callers set up ComfyUI first (comfy_harness, or a running server)
 import comfy.sd
 import comfy.supported_models
 import comfy.taesd.taesd

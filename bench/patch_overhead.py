@@ -1,0 +1,109 @@
+"""Overhead of SAE patches on one sampling step of the full-size SDXL U-Net (random fp32 weights).
+
+Built with ComfyUI's own classes (needs COMFYUI_PATH), 512x512, cfg 1, one euler step, batch 1.
+Patched: the four paper SAE shapes (1280 -> 5120, k 10) on down.2.1, mid.0, up.0.0, up.0.1,
+- idle: strength 0 (an installed patch that edits nothing; target <= 1.03x the unpatched step);
+- active: scaling one feature in every block (a full SAE encode per block call), for reference.
+Runs are interleaved and the median is reported. Needs ~12 GiB of memory and a few minutes on CPU.
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/patch_overhead.py [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKS = ["unet.down_blocks.2.attentions.1", "unet.mid_block.attentions.0",
+          "unet.up_blocks.0.attentions.0", "unet.up_blocks.0.attentions.1"]
+
+
+def _setup_comfy():
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
+    sys.path.insert(0, path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    spec = importlib.util.spec_from_file_location("sae_lab_pack", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["sae_lab_pack"] = pack
+    spec.loader.exec_module(pack)
+    return pack
+
+
+def _full_sdxl():
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+                   "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "dtype": torch.float32,
+                   "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2],
+                   "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+                   "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048,
+                   "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+                   "use_temporal_attention": False, "use_temporal_resblock": False}
+    model = comfy.supported_models.SDXL(unet_config).get_model({}, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.diffusion_model.named_parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=g) / param[0].numel() ** 0.5)
+            else:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    pack = _setup_comfy()
+    import nodes
+    from sae_lab_pack.nodes.steer import SAEFeatureSteer
+    from sae_lab_pack.sae_core import SparseAutoencoder
+
+    model = _full_sdxl()
+    saes = [SparseAutoencoder(1280, 5120, 10, hookpoint=h, input_kind="diff") for h in BLOCKS]
+
+    def patched(strength: float, mode: str):
+        m = model
+        for sae in saes:
+            m = SAEFeatureSteer.execute(m, sae, "17", mode, strength).result[0]
+        return m
+
+    variants = {"unpatched": model, "patched, idle": patched(0.0, "add"), "patched, active": patched(2.0, "scale")}
+    g = torch.Generator().manual_seed(0)
+    positive = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+    negative = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    latent = {"samples": torch.zeros(1, 4, 64, 64)}
+
+    def step(m) -> float:
+        start = time.perf_counter()
+        nodes.common_ksampler(m, 0, 1, 1.0, "euler", "normal", positive, negative, latent, disable_noise=False)
+        return time.perf_counter() - start
+
+    step(model)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, m in variants.items():
+            times[name].append(step(m))
+    base = statistics.median(times["unpatched"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one SDXL step at 512x512, cfg 1")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:18} {median:8.2f} s   ratio {median / base:.3f}   (runs: {', '.join(f'{v:.2f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()

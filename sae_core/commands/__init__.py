@@ -1,0 +1,1 @@
+"""One module per CLI subcommand family; each registers itself with ``cli.command``."""

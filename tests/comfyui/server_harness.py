@@ -1,0 +1,150 @@
+"""Run a real ComfyUI server (from COMFYUI_PATH) with this pack installed, and drive it over HTTP.
+
+The server gets its own base directory (models, custom_nodes, input, output, user), so tests never
+touch the user's ComfyUI folders. ``custom_nodes`` holds links to this repository and to the test-only
+node pack that provides tiny models (no real weights can be downloaded here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import comfy_harness
+
+HERE = Path(__file__).resolve().parent
+UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """``with ComfyServer(base_dir) as server: server.run(prompt)``."""
+
+    def __init__(self, base_dir: Path, env: dict | None = None, startup_timeout: float = 180.0):
+        self.base = Path(base_dir)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env or {}
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.base / "server.log"
+
+    def __enter__(self) -> "ComfyServer":
+        custom_nodes = self.base / "custom_nodes"
+        custom_nodes.mkdir(parents=True, exist_ok=True)
+        for name, target in (("sae-lab", comfy_harness.REPO), ("sae_lab_test_nodes", HERE / "tiny_node_pack")):
+            link = custom_nodes / name
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAE_LAB_TEST_HELPERS": str(HERE), **self.env}
+        command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                   "--base-directory", str(self.base), "--disable-auto-launch",
+                   "--database-url", "sqlite:///:memory:"]
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(command, cwd=comfy_harness.COMFYUI_PATH, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.time() + self.startup_timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited during start-up:\n{self.log_text()}")
+            try:
+                answer = self.get("/object_info/SAELoader")
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1.0)
+                continue
+            if "SAELoader" not in answer or "(IMPORT FAILED)" in self.log_text():
+                raise RuntimeError(f"ComfyUI started but this pack did not load:\n{self.log_text()}")
+            return self
+        raise TimeoutError(f"ComfyUI did not answer within {self.startup_timeout}s:\n{self.log_text()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    # ------------------------------------------------------------- HTTP
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
+        """Queue an API-format prompt and wait for its history entry."""
+        status, answer = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+        if status != 200:
+            raise AssertionError(f"/prompt answered {status}: {json.dumps(answer)[:3000]}")
+        prompt_id = answer["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") == "error" or not entry["status"]["completed"]:
+                    raise AssertionError(f"prompt failed: {json.dumps(entry['status'])[:4000]}\n{self.log_text()}")
+                return entry
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_text()}")
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """Convert a UI-format workflow (what example_workflows/ holds) to the API format /prompt takes.
+
+    Widget values are matched to the node's widget inputs in their declared order (required, then
+    optional); an INT input with ``control_after_generate`` is followed by one extra UI-only value.
+    """
+    links = {link[0]: link for link in workflow["links"]}
+    prompt: dict[str, dict] = {}
+    for node in workflow["nodes"]:
+        if node["type"] in UI_ONLY_NODES or node.get("mode", 0) in (2, 4):
+            continue
+        info = object_info[node["type"]]
+        declared = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        order = info.get("input_order", {})
+        names = order.get("required", []) + order.get("optional", []) or list(declared)
+        linked = {inp["name"]: inp["link"] for inp in node.get("inputs", []) if inp.get("link") is not None}
+        inputs: dict = {}
+        values = list(node.get("widgets_values") or [])
+        for name in names:
+            spec = declared[name]
+            kind = spec[0]
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+            if is_widget and not options.get("forceInput"):
+                if not values:
+                    raise ValueError(f"node {node['id']} ({node['type']}) has too few widget values for {name!r}")
+                inputs[name] = values.pop(0)
+                if options.get("control_after_generate") and values and values[0] in (
+                        "fixed", "increment", "decrement", "randomize"):
+                    values.pop(0)
+            if name in linked:
+                _, src, slot, _, _, _ = links[linked[name]]
+                inputs[name] = [str(src), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

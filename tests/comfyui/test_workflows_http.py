@@ -1,0 +1,112 @@
+"""Every example workflow, run through a live ComfyUI server's HTTP API (/prompt, then /history).
+
+The workflows name real checkpoints and hub SAEs; here CheckpointLoaderSimple is swapped for a
+test-only loader of tiny models, and the hub SAEs are pre-placed (tiny, in their published
+layout) where Load SAE downloads them, with the server offline.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
+from checkpoint_writers import write_sparsify, write_unbox
+from server_harness import ComfyServer, ui_to_api
+
+WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
+TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
+
+
+def place_hub_saes(models: Path) -> None:
+    """What Load SAE would have downloaded from the hub, at the tiny models' widths."""
+    unbox = models / "sae" / "surokpro2__sdxl-saes"
+    for i, hook in enumerate(["unet.down_blocks.2.attentions.1", "unet.up_blocks.0.attentions.1",
+                              "unet.up_blocks.0.attentions.0", "unet.mid_block.attentions.0"]):
+        write_unbox(unbox, hook=hook, d=TINY_WIDTH, n=5120, k=10, seed=i)
+    saeuron = models / "sae" / "bcywinski__SAeUron"
+    for i, hook in enumerate(["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]):
+        write_sparsify(saeuron, hook=hook, d=TINY_WIDTH, expansion=16, k=32, seed=i)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    place_hub_saes(base / "models")
+    with ComfyServer(base, env={"HF_HUB_OFFLINE": "1"}) as running:
+        running.object_info = running.get("/object_info")
+        yield running
+
+
+def tiny_prompt(workflow_path: Path, object_info: dict) -> dict:
+    prompt = ui_to_api(json.loads(workflow_path.read_text()), object_info)
+    family = "sd15" if "sd15" in workflow_path.stem else "sdxl"
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"], node["inputs"] = "SAELabTestTinyCheckpoint", {"family": family}
+    return prompt
+
+
+def saved_images(server: ComfyServer, entry: dict) -> list[np.ndarray]:
+    images = []
+    for output in entry["outputs"].values():
+        for item in output.get("images", []):
+            if item.get("type") == "output":
+                path = server.base / "output" / item.get("subfolder", "") / item["filename"]
+                images.append(np.asarray(Image.open(path)))
+    return images
+
+
+def test_pack_loads_and_lists_its_templates(server):
+    info = server.object_info
+    for node_id in ("SAELoader", "SAEFeatureSteer"):
+        assert info[node_id]["python_module"].startswith("custom_nodes.sae-lab")
+    templates = server.get("/workflow_templates")
+    assert sorted(templates["sae-lab"]) == sorted(p.stem for p in WORKFLOWS)
+    assert "sae" in server.get("/models")
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_runs(server, workflow):
+    entry = server.run(tiny_prompt(workflow, server.object_info))
+    images = saved_images(server, entry)
+    assert images, f"{workflow.name} saved no image"
+    for image in images:
+        assert image.ndim == 3 and image.std() > 0  # a real picture, not a blank
+
+
+def test_steer_changes_the_image_and_idle_steer_does_not(server):
+    prompt = tiny_prompt(comfy_harness.REPO / "example_workflows" / "sdxl_turbo_paint_feature.json",
+                         server.object_info)
+    steer_id = next(k for k, v in prompt.items() if v["class_type"] == "SAEFeatureSteer")
+    idle = copy.deepcopy(prompt)
+    idle[steer_id]["inputs"]["strength"] = 0.0
+    bypassed = copy.deepcopy(prompt)
+    for node in bypassed.values():  # the sampler takes the unpatched model
+        if node["class_type"] == "KSampler":
+            node["inputs"]["model"] = bypassed[steer_id]["inputs"]["model"]
+    painted, idle_img, plain = (saved_images(server, server.run(p))[0].astype(int) for p in (prompt, idle, bypassed))
+    assert np.array_equal(idle_img, plain)
+    assert not np.array_equal(painted, plain)
+
+
+def test_bad_inputs_are_reported_with_the_node_name(server):
+    prompt = tiny_prompt(comfy_harness.REPO / "example_workflows" / "sdxl_turbo_ablate_feature.json",
+                         server.object_info)
+    steer_id = next(k for k, v in prompt.items() if v["class_type"] == "SAEFeatureSteer")
+    missing = copy.deepcopy(prompt)
+    del missing[steer_id]["inputs"]["features"]
+    status, answer = server.post("/prompt", {"prompt": missing})
+    assert status == 400 and steer_id in answer["node_errors"]
+    for field, value, message in (
+            ("features", "99999", "SAE Feature Steer: feature 99999 does not exist: this SAE has 5120 features"),
+            ("mode", "boost", "SAE Feature Steer: mode 'boost' is not valid; valid: add, scale, ablate"),
+            ("block", "up.9.9", "SAE Feature Steer: block 'up.9.9' does not exist in this TinySDXL model")):
+        failing = copy.deepcopy(prompt)
+        failing[steer_id]["inputs"][field] = value
+        with pytest.raises(AssertionError, match=message):
+            server.run(failing)
