@@ -11,69 +11,27 @@ Runs are interleaved and the median is reported. Needs ~12 GiB of memory and a f
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from comfy_setup import full_sdxl, setup_comfy
+
 BLOCKS = ["unet.down_blocks.2.attentions.1", "unet.mid_block.attentions.0",
           "unet.up_blocks.0.attentions.0", "unet.up_blocks.0.attentions.1"]
-
-
-def _setup_comfy():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    spec = importlib.util.spec_from_file_location("sae_lab_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["sae_lab_pack"] = pack
-    spec.loader.exec_module(pack)
-    return pack
-
-
-def _full_sdxl():
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    unet_config = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-                   "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "dtype": torch.float32,
-                   "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2],
-                   "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
-                   "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048,
-                   "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-                   "use_temporal_attention": False, "use_temporal_resblock": False}
-    model = comfy.supported_models.SDXL(unet_config).get_model({}, device=torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.diffusion_model.named_parameters():
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=g) / param[0].numel() ** 0.5)
-            else:
-                param.fill_(1.0 if name.endswith("weight") else 0.0)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    pack = _setup_comfy()
+    setup_comfy()
     import nodes
     from sae_lab_pack.nodes.steer import SAEFeatureSteer
     from sae_lab_pack.sae_core import SparseAutoencoder
 
-    model = _full_sdxl()
+    model = full_sdxl()
     saes = [SparseAutoencoder(1280, 5120, 10, hookpoint=h, input_kind="diff") for h in BLOCKS]
 
     def patched(strength: float, mode: str):

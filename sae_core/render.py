@@ -1,0 +1,185 @@
+"""Pictures from numbers with numpy + pillow only: a jet-like colormap, heatmap overlays, bar and line
+charts, and labelled grids. Everything returns uint8 RGB arrays or PIL images."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND = (255, 255, 255)
+INK = (20, 20, 20)
+GRID_LINE = (225, 225, 225)
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+# jet: dark blue -> blue -> cyan -> yellow -> red -> dark red
+_JET_STOPS = np.array([0.0, 0.125, 0.375, 0.625, 0.875, 1.0])
+_JET_RGB = np.array([[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]], float)
+
+
+def normalize(values: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1]; a constant map becomes all zeros (nothing stands out)."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high - low <= 1e-12:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """Jet-like colours (..., 3) uint8 for values in [0, 1]."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    channels = [np.interp(v, _JET_STOPS, _JET_RGB[:, c]) for c in range(3)]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def as_uint8_image(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] or uint8 -> uint8."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def upsample_nearest(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a (h, w) map to (height, width); any aspect ratio."""
+    grid = np.asarray(grid)
+    rows = np.minimum((np.arange(height) * grid.shape[0]) // height, grid.shape[0] - 1)
+    cols = np.minimum((np.arange(width) * grid.shape[1]) // width, grid.shape[1] - 1)
+    return grid[rows][:, cols]
+
+
+def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, bins: int = 10,
+                    normalized: bool = False) -> np.ndarray:
+    """Composite a block-grid heat map over an image, as the paper's demo does.
+
+    The map is upsampled (nearest) to the image, min-max normalised (unless ``normalized``), quantised
+    into ``bins`` colour bins; the lowest bin stays transparent, the others are blended with ``alpha``.
+    """
+    base = as_uint8_image(image)
+    height, width = base.shape[:2]
+    values = np.asarray(heat, dtype=np.float64)
+    values = values if normalized else normalize(values)
+    values = upsample_nearest(values, height, width)
+    quantised = np.minimum(np.floor(values * bins), bins - 1)
+    colours = heat_colors((quantised + 0.5) / bins).astype(np.float64)
+    visible = (quantised > 0)[..., None]
+    blended = base.astype(np.float64) * (1 - alpha) + colours * alpha
+    return np.where(visible, blended, base).round().astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def font(size: int = 14) -> ImageFont.ImageFont:
+    """Pillow's bundled scalable font (Pillow >= 10.1), else its bitmap default."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # older Pillow: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def text_size(draw: ImageDraw.ImageDraw, text: str, fnt) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
+    return right - left, bottom - top
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    exponent = 10 ** np.floor(np.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * exponent:
+            return float(step * exponent)
+    return float(10 * exponent)
+
+
+def bar_chart(labels: list[str], values: list[float], title: str = "", width: int = 640,
+              bar_height: int = 24, color: tuple[int, int, int] = PALETTE[0], value_format: str = "{:.3g}") -> Image.Image:
+    """Horizontal bars, largest first as given; labels on the left, values at the bar ends."""
+    fnt, title_font = font(14), font(16)
+    label_width = max([text_size(ImageDraw.Draw(Image.new("RGB", (1, 1))), str(l), fnt)[0] for l in labels] + [40])
+    top = 36 if title else 10
+    height = top + bar_height * max(len(values), 1) + 16
+    img = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 8), title, fill=INK, font=title_font)
+    x0, x1 = label_width + 20, width - 70
+    vmax = max([abs(float(v)) for v in values] + [1e-12])
+    for i, (label, value) in enumerate(zip(labels, values)):
+        y = top + i * bar_height
+        draw.text((10, y + 4), str(label), fill=INK, font=fnt)
+        length = int(round((x1 - x0) * abs(float(value)) / vmax))
+        draw.rectangle([x0, y + 3, x0 + max(length, 1), y + bar_height - 4], fill=color)
+        draw.text((x0 + length + 6, y + 4), value_format.format(float(value)), fill=INK, font=fnt)
+    return img
+
+
+def line_chart(series: dict[str, list[float]], title: str = "", x_label: str = "", y_label: str = "",
+               width: int = 640, height: int = 360, x_values: list[float] | None = None) -> Image.Image:
+    """One coloured line per series with a legend; y starts at 0 unless values go negative."""
+    fnt, title_font = font(13), font(16)
+    img = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 64, width - 16, 40 if title else 16, height - 44
+    if title:
+        draw.text((10, 8), title, fill=INK, font=title_font)
+    all_values = [float(v) for values in series.values() for v in values] or [0.0]
+    y_min = min(0.0, min(all_values))
+    y_max = _nice_max(max(all_values)) if max(all_values) > 0 else 1.0
+    n = max((len(v) for v in series.values()), default=1)
+    xs = list(x_values) if x_values is not None else list(range(n))
+    x_min, x_max = (min(xs), max(xs)) if len(xs) > 1 else (0.0, 1.0)
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        fx = (x - x_min) / (x_max - x_min) if x_max > x_min else 0.5
+        fy = (y - y_min) / (y_max - y_min) if y_max > y_min else 0.0
+        return left + fx * (right - left), bottom - fy * (bottom - top)
+
+    for i in range(5):
+        y = y_min + (y_max - y_min) * i / 4
+        _, py = px(x_min, y)
+        draw.line([(left, py), (right, py)], fill=GRID_LINE)
+        draw.text((6, py - 7), f"{y:.3g}", fill=INK, font=fnt)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill=INK)
+    for x in (xs[0], xs[len(xs) // 2], xs[-1]) if xs else ():
+        draw.text((px(x, y_min)[0] - 8, bottom + 4), f"{x:.4g}", fill=INK, font=fnt)
+    if x_label:
+        draw.text(((left + right) // 2 - 30, height - 20), x_label, fill=INK, font=fnt)
+    if y_label:
+        draw.text((left + 4, top - 16 if not title else top), y_label, fill=INK, font=fnt)
+    legend_y = top + 2
+    for i, (name, values) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        points = [px(xs[j], float(v)) for j, v in enumerate(values)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=3)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        w, _ = text_size(draw, name, fnt)
+        draw.rectangle([right - w - 30, legend_y + 4, right - w - 18, legend_y + 14], fill=color)
+        draw.text((right - w - 12, legend_y), name, fill=INK, font=fnt)
+        legend_y += 18
+    return img
+
+
+def labelled_grid(images: list[np.ndarray | Image.Image], labels: list[str], columns: int = 3,
+                  label_height: int = 24, gap: int = 4) -> Image.Image:
+    """Tiles of equal size with a caption strip under each."""
+    if not images:
+        raise ValueError("no images to put in a grid")
+    tiles = [img if isinstance(img, Image.Image) else Image.fromarray(as_uint8_image(img)) for img in images]
+    w, h = tiles[0].size
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    grid = Image.new("RGB", (columns * (w + gap) - gap, rows * (h + label_height + gap) - gap), BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    fnt = font(max(12, min(18, label_height - 8)))
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        x, y = (i % columns) * (w + gap), (i // columns) * (h + label_height + gap)
+        grid.paste(tile.convert("RGB").resize((w, h)), (x, y))
+        draw.text((x + 4, y + h + 3), label, fill=INK, font=fnt)
+    return grid
+
+
+def pil_to_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
