@@ -114,6 +114,7 @@ class SparseAutoencoder(nn.Module):
         self.model_family = model_family
         self.source_format = source_format
         self.name = name
+        self.source_path: str | None = None  # where it was loaded from (set by load_sae)
         self.extra: dict = {}  # free-form provenance (training settings...), kept by the native format
         self._cast_cache: dict[tuple, tuple[tuple, _Weights]] = {}
         self.reset_parameters()
@@ -164,6 +165,20 @@ class SparseAutoencoder(nn.Module):
         kind = {"diff": "block update", "output": "block output"}.get(self.input_kind or "", "unknown input")
         stats = ", with feature stats" if self.has_stats else ""
         return f"{self.source_format} SAE {self.d_in}->{self.n_latents} ({sparsity}) at {where} on the {kind}{stats}"
+
+    def fingerprint(self) -> str:
+        """A short stable id of the weights, so saved profiles and atlases can refuse another SAE."""
+        import hashlib
+
+        stamp = tuple(t._version for t in (self.W_enc, self.b_enc, self.W_dec, self.b_dec))
+        cached = getattr(self, "_fingerprint", None)
+        if cached is None or cached[0] != stamp:
+            digest = hashlib.sha256()
+            for tensor in (self.W_enc, self.b_enc, self.W_dec, self.b_dec):
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            cached = (stamp, digest.hexdigest()[:16])
+            self._fingerprint = cached
+        return cached[1]
 
     @torch.no_grad()
     def set_feature_stats(

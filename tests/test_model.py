@@ -109,3 +109,14 @@ def test_strength_unit_uses_positive_means_only():
     assert torch.equal(sae.strength_unit(torch.tensor([0, 1, 2, 3])), torch.tensor([2.0, 1.0, 1.0, 0.5]))
     with pytest.raises(SAEInputError, match="shape \\(4,\\)"):
         sae.set_feature_stats(mean=torch.ones(5))
+
+
+def test_fingerprint_follows_the_weights():
+    torch.manual_seed(0)
+    a = _sae(seed=0)
+    torch.manual_seed(0)
+    b = _sae(seed=0)
+    assert a.fingerprint() == b.fingerprint() and len(a.fingerprint()) == 16
+    with torch.no_grad():
+        b.W_dec[0, 0] += 1
+    assert a.fingerprint() != b.fingerprint()

@@ -87,11 +87,11 @@ def find_saes(root: str | Path, max_depth: int = 4) -> list[FoundSAE]:
 
 def _load_found(found: FoundSAE) -> SparseAutoencoder:
     if found.format == native.NAME:
-        return native.load(found.path)
-    for fmt in FOLDER_FORMATS:
-        if fmt.NAME == found.format:
-            return fmt.load(found.path)
-    raise AssertionError(found.format)
+        sae = native.load(found.path)
+    else:
+        sae = next(fmt for fmt in FOLDER_FORMATS if fmt.NAME == found.format).load(found.path)
+    sae.source_path = str(found.path)
+    return sae
 
 
 def _pick(candidates: list[FoundSAE], hookpoint: str | None, root: Path) -> FoundSAE:
