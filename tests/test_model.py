@@ -39,13 +39,17 @@ def test_decode_directions_is_sum_of_rows():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_follows_the_caller(dtype):
     sae = _sae()
-    x = torch.randn(16, 64)
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
     ref = sae.reconstruct(x)
     out = sae.reconstruct(x.to(dtype))
     assert out.dtype == dtype
     assert sae.W_enc.dtype == torch.float32  # the module itself is untouched
-    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
-    assert sae.encode_topk(x.to(dtype)).values.dtype == dtype
+    # low precision may swap a latent at the top-k boundary; overall the result must stay close
+    assert (out.float() - ref).norm() < 0.1 * ref.norm()
+    half_code, full_code = sae.encode_topk(x.to(dtype)), sae.encode_topk(x)
+    assert half_code.values.dtype == dtype
+    same = [len(set(a) & set(b)) for a, b in zip(half_code.indices.tolist(), full_code.indices.tolist())]
+    assert sum(same) >= 0.9 * full_code.indices.numel()
 
 
 def test_cast_cache_sees_weight_updates():
