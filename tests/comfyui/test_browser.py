@@ -1,0 +1,131 @@
+"""The feature browser in a real ComfyUI frontend, driven by headless Chromium through Playwright.
+
+Needs COMFYUI_PATH, the Debian chromium package (/usr/bin/chromium) and the playwright Python package
+(its bundled driver; no browser download). Skipped, saying which is missing, otherwise.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
+from server_harness import ComfyServer
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright to run the browser test")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no chromium executable (apt-get install chromium) for the browser test", allow_module_level=True)
+
+from sae_core import SparseCode  # noqa: E402
+from sae_core.atlas import Example, FeatureAtlas  # noqa: E402
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+STRIPES, FUR = 5, 11
+
+
+def build_atlas(folder) -> None:
+    """A small atlas whose feature 5 fires on the left half of every example, with coloured thumbnails."""
+    atlas = FeatureAtlas(32, top_n=3, meta={"name": "tiny", "hookpoint": "unet.down_blocks.2.attentions.1"})
+    for i in range(6):
+        values = torch.zeros(4, 4, 2)
+        indices = torch.full((4, 4, 2), FUR)
+        values[:, :2, 0], indices[..., 0] = 3.0 + i, STRIPES
+        values[..., 1] = 0.5
+        thumb = np.zeros((64, 64, 3), np.uint8)
+        thumb[..., i % 3] = 200
+        atlas.add(Example(SparseCode(values, indices), prompt=f"a tiger, photo {i}", seed=i, thumbnail=thumb))
+    atlas.set_label(STRIPES, "tiger stripes")
+    atlas.save(folder)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("browser_base")
+    build_atlas(base / "models" / "sae" / "tiny.atlas")
+    with ComfyServer(base) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        # the stock frontend logs its own errors on a fresh profile; keep the ones raised in this pack's script
+        page.on("pageerror", lambda exc: errors.append(f"{exc}\n{exc.stack}") if "/extensions/sae-lab/" in (
+            exc.stack or "") else None)
+        page.goto(server.url)
+        page.wait_for_function("() => window.app && window.app.graph && window.SAELab", timeout=120_000)
+        for _ in range(10):  # a fresh user gets a welcome/templates dialog; close it like a person would
+            page.wait_for_timeout(500)
+            if page.locator(".p-dialog-mask").count() == 0:
+                break
+            page.keyboard.press("Escape")
+        page.errors = errors
+        yield page
+        browser.close()
+
+
+def test_routes_answer_over_http(server):
+    atlases = server.get("/sae_lab/atlas/list")["atlases"]
+    assert [a["name"] for a in atlases] == ["tiny.atlas"]
+    detail = server.get(f"/sae_lab/atlas/feature?atlas=tiny.atlas&id={STRIPES}")
+    assert detail["label"] == "tiger stripes" and len(detail["examples"]) == 3
+    status, answer = server.post("/sae_lab/atlas/label", {"atlas": "../../etc.atlas", "id": 1, "label": "x"})
+    assert status in (400, 404) and "error" in answer
+    status, answer = server.post("/sae_lab/atlas/label", {"atlas": "tiny.atlas", "id": 1, "label": "x" * 5000})
+    assert status == 413
+
+
+def test_browse_search_label_and_use_a_feature(server, page, tmp_path):
+    node_id = page.evaluate("""() => {
+        const node = LiteGraph.createNode("SAEFeatureSteer");
+        app.graph.add(node);
+        app.canvas.selectNode(node);
+        return node.id;
+    }""")
+    page.click(".sae-lab-atlas-tab-button")
+    page.wait_for_selector(f"[data-testid=sae-feature-{STRIPES}]", timeout=30_000)
+    assert page.locator("[data-testid^=sae-feature-]").count() == 2  # features 5 and 11 fired
+
+    page.fill("[data-testid=sae-atlas-search]", "stripes")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid^=sae-feature-]').length === 1")
+    page.click(f"[data-testid=sae-feature-{STRIPES}]")
+    page.wait_for_selector("[data-testid=sae-use-feature]")
+    assert page.locator("canvas.sae-heat").count() == 3
+    # the heatmap is drawn over the thumbnail: hot (red) on the left half where the feature fired
+    left, right = page.evaluate("""() => {
+        const c = document.querySelector("canvas.sae-heat");
+        const px = (x, y) => Array.from(c.getContext("2d").getImageData(x, y, 1, 1).data);
+        return [px(10, c.height / 2), px(c.width - 10, c.height / 2)];
+    }""")
+    # top example: the blue thumbnail of photo 5; left = 60% jet red over blue, right = untouched blue
+    assert left[0] > 90 and left[2] < 120
+    assert right[0] < 30 and right[2] > 150
+
+    page.fill("[data-testid=sae-label-input]", "stripes, orange and black")
+    page.click("[data-testid=sae-label-save]")
+    page.wait_for_function("() => document.querySelector('[data-testid=sae-message]').textContent.includes('Saved')")
+    labels = json.loads((server.base / "models" / "sae" / "tiny.atlas" / "labels.json").read_text())
+    assert labels == {str(STRIPES): "stripes, orange and black"}
+
+    page.click("[data-testid=sae-use-feature]")
+    value = page.evaluate(f"""() => app.graph.getNodeById({node_id}).widgets.find(w => w.name === "features").value""")
+    assert value == str(STRIPES)
+    page.screenshot(path=str(tmp_path / "atlas_panel.png"))
+    shot = tmp_path / "atlas_panel.png"
+    assert shot.stat().st_size > 10_000
+    assert page.errors == []
+
+
+def test_use_without_a_selected_steer_node_says_what_to_do(page):
+    page.evaluate("() => app.canvas.deselectAllNodes()")
+    page.click("[data-testid=sae-use-feature]")
+    message = page.locator("[data-testid=sae-message]").text_content()
+    assert "Select an \"SAE Feature Steer\" node" in message

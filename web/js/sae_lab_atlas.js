@@ -1,0 +1,243 @@
+// SAE Lab feature browser: a sidebar panel over the feature atlases saved beside the SAEs in models/sae.
+// Browse features as a grid of their top examples, search by id or label, sort, open a feature to see its
+// top examples with heatmaps, edit its label, and send it to the selected "SAE Feature Steer" node.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+const TAB_ID = "sae-lab-atlas";
+const ROUTE = "/sae_lab/atlas";
+const STEER_NODE = "SAEFeatureSteer";
+const state = { atlas: "", query: "", sort: "firing_rate", detail: null, root: null, message: "" };
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith("on")) node.addEventListener(key.slice(2).toLowerCase(), value);
+    else if (key === "testid") node.dataset.testid = value;
+    else if (value !== undefined && value !== null) node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+async function getJSON(path, params = {}) {
+  const response = await api.fetchApi(`${ROUTE}/${path}?${new URLSearchParams(params)}`);
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+function thumbnailUrl(generation) {
+  return api.apiURL(`${ROUTE}/thumbnail?${new URLSearchParams({ atlas: state.atlas, gen: generation })}`);
+}
+
+// The same colouring as sae_core.render.overlay_heatmap: jet colours, 10 bins, lowest bin transparent.
+const JET = [[0, [0, 0, 128]], [0.125, [0, 0, 255]], [0.375, [0, 255, 255]], [0.625, [255, 255, 0]],
+             [0.875, [255, 0, 0]], [1, [128, 0, 0]]];
+function jet(v) {
+  for (let i = 1; i < JET.length; i++) {
+    const [x1, c1] = JET[i];
+    const [x0, c0] = JET[i - 1];
+    if (v <= x1) return c0.map((c, k) => Math.round(c + ((c1[k] - c) * (v - x0)) / (x1 - x0)));
+  }
+  return JET[JET.length - 1][1];
+}
+
+function heatmapCanvas(example, size = 160) {
+  const [gh, gw] = example.grid;
+  const scale = size / Math.max(gh, gw);
+  const canvas = h("canvas", { width: Math.round(gw * scale), height: Math.round(gh * scale), class: "sae-heat" });
+  const ctx = canvas.getContext("2d");
+  const values = example.map.flat();
+  const lo = Math.min(...values);
+  const hi = Math.max(...values);
+  const draw = () => {
+    for (let r = 0; r < gh; r++) {
+      for (let c = 0; c < gw; c++) {
+        const v = hi > lo ? (example.map[r][c] - lo) / (hi - lo) : 0;
+        const bin = Math.min(Math.floor(v * 10), 9);
+        if (bin === 0) continue;
+        const [R, G, B] = jet((bin + 0.5) / 10);
+        ctx.fillStyle = `rgba(${R},${G},${B},0.6)`;
+        ctx.fillRect(c * scale, r * scale, Math.ceil(scale), Math.ceil(scale));
+      }
+    }
+  };
+  if (example.has_thumbnail) {
+    const img = new Image();
+    img.onload = () => { ctx.drawImage(img, 0, 0, canvas.width, canvas.height); draw(); };
+    img.onerror = draw;
+    img.src = thumbnailUrl(example.generation);
+  } else {
+    ctx.fillStyle = "#444";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    draw();
+  }
+  return canvas;
+}
+
+function selectedSteerNodes() {
+  return Object.values(app.canvas?.selected_nodes ?? {}).filter(
+    (node) => node.comfyClass === STEER_NODE || node.type === STEER_NODE);
+}
+
+function useFeature(id) {
+  const nodes = selectedSteerNodes();
+  if (!nodes.length) {
+    setMessage(`Select an "SAE Feature Steer" node on the canvas first, then click Use again.`);
+    return;
+  }
+  for (const node of nodes) {
+    const widget = node.widgets?.find((w) => w.name === "features");
+    if (widget) {
+      widget.value = String(id);
+      widget.callback?.(widget.value);
+    }
+  }
+  app.graph.setDirtyCanvas(true, true);
+  setMessage(`Feature ${id} set on ${nodes.length} SAE Feature Steer node${nodes.length > 1 ? "s" : ""}.`);
+}
+
+function setMessage(text) {
+  state.message = text;
+  const box = state.root?.querySelector(".sae-message");
+  if (box) box.textContent = text;
+}
+
+async function saveLabel(id, text) {
+  const response = await api.fetchApi(`${ROUTE}/label`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ atlas: state.atlas, id, label: text }),
+  });
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  setMessage(data.label ? `Saved label "${data.label}" for feature ${id}.` : `Cleared the label of feature ${id}.`);
+}
+
+function renderDetail(panel, feature) {
+  const labelInput = h("input", { type: "text", value: feature.label, maxlength: "120", testid: "sae-label-input",
+                                  placeholder: "Name this feature" });
+  panel.replaceChildren(
+    h("div", { class: "sae-row" },
+      h("button", { class: "sae-button", onclick: () => { state.detail = null; refresh(); } }, "← All features"),
+      h("button", { class: "sae-button sae-primary", testid: "sae-use-feature", onclick: () => useFeature(feature.id) },
+        `Use #${feature.id} in selected SAE Feature Steer`)),
+    h("h3", {}, `Feature #${feature.id}`, feature.label ? ` — ${feature.label}` : ""),
+    h("div", { class: "sae-stats" },
+      `fires at ${(100 * feature.firing_rate).toFixed(3)}% of positions · mean activation when active ` +
+      feature.mean_activation.toFixed(3)),
+    h("div", { class: "sae-row" }, labelInput,
+      h("button", { class: "sae-button", testid: "sae-label-save", onclick: async () => {
+        try { await saveLabel(feature.id, labelInput.value); } catch (err) { setMessage(err.message); }
+      } }, "Save label")),
+    h("div", { class: "sae-message", testid: "sae-message" }, state.message),
+    h("div", { class: "sae-examples" }, feature.examples.length ? feature.examples.map((example) =>
+      h("figure", { class: "sae-example" }, heatmapCanvas(example),
+        h("figcaption", {}, `${example.prompt || "(no prompt)"} · seed ${example.seed ?? "?"} · ` +
+          `score ${example.score.toFixed(3)}`))) : h("p", {}, "No example in this atlas fires this feature yet.")),
+  );
+}
+
+function featureCard(row) {
+  return h("button", { class: "sae-card", testid: `sae-feature-${row.id}`, title: row.label || `feature ${row.id}`,
+                       onclick: () => openFeature(state.atlas, row.id) },
+    row.top_generation >= 0 ? h("img", { src: thumbnailUrl(row.top_generation), loading: "lazy", alt: "" })
+                            : h("div", { class: "sae-noimg" }),
+    h("div", { class: "sae-card-id" }, `#${row.id}`),
+    h("div", { class: "sae-card-label" }, row.label || " "),
+    h("div", { class: "sae-card-rate" }, `${(100 * row.firing_rate).toFixed(2)}%`));
+}
+
+async function refresh() {
+  const panel = state.root?.querySelector(".sae-content");
+  if (!panel) return;
+  if (!state.atlas) {
+    panel.replaceChildren(h("p", {}, "No feature atlas yet. Build one with the SAE Build Atlas node (or "),
+      h("code", {}, "python -m sae_core atlas"), h("p", {}, ") and it appears here."));
+    return;
+  }
+  try {
+    if (state.detail !== null) {
+      renderDetail(panel, await getJSON("feature", { atlas: state.atlas, id: state.detail }));
+      return;
+    }
+    const data = await getJSON("features", { atlas: state.atlas, q: state.query, sort: state.sort, limit: 300 });
+    panel.replaceChildren(
+      h("div", { class: "sae-stats" }, `${data.total} features · ${data.generations_seen} generations seen`),
+      h("div", { class: "sae-message", testid: "sae-message" }, state.message),
+      h("div", { class: "sae-grid" }, data.features.map(featureCard)));
+  } catch (err) {
+    panel.replaceChildren(h("p", { class: "sae-error" }, err.message));
+  }
+}
+
+async function openFeature(atlas, id) {
+  if (atlas) state.atlas = atlas;
+  state.detail = Number(id);
+  const select = state.root?.querySelector("select.sae-atlas");
+  if (select) select.value = state.atlas;
+  if (state.root) await refresh();
+  else app.extensionManager?.sidebarTab?.toggleSidebarTab?.(TAB_ID);
+}
+
+async function renderPanel(root) {
+  state.root = root;
+  root.classList.add("sae-lab-panel");
+  const atlasSelect = h("select", { class: "sae-atlas", testid: "sae-atlas-select", onchange: (e) => {
+    state.atlas = e.target.value; state.detail = null; refresh(); } });
+  const search = h("input", { type: "search", placeholder: "Search id or label", testid: "sae-atlas-search",
+                              oninput: (e) => { state.query = e.target.value; state.detail = null; refresh(); } });
+  const sort = h("select", { testid: "sae-atlas-sort", onchange: (e) => { state.sort = e.target.value; refresh(); } },
+    h("option", { value: "firing_rate" }, "Most frequent"), h("option", { value: "mean_activation" }, "Strongest"),
+    h("option", { value: "id" }, "By id"));
+  root.replaceChildren(h("div", { class: "sae-header" }, h("h2", {}, "SAE feature atlas"), atlasSelect,
+    h("div", { class: "sae-row" }, search, sort)), h("div", { class: "sae-content" }));
+  try {
+    const { atlases } = await getJSON("list");
+    atlasSelect.replaceChildren(...atlases.map((a) => h("option", { value: a.name },
+      `${a.meta?.name || a.name} (${a.meta?.hookpoint || "?"})`)));
+    if (!atlases.some((a) => a.name === state.atlas)) state.atlas = atlases[0]?.name ?? "";
+    atlasSelect.value = state.atlas;
+  } catch (err) {
+    setMessage(err.message);
+  }
+  await refresh();
+}
+
+const STYLE = `
+.sae-lab-panel { padding: 8px; display: flex; flex-direction: column; gap: 8px; height: 100%; overflow: auto; }
+.sae-lab-panel h2 { font-size: 1.05rem; margin: 0 0 6px; }
+.sae-lab-panel h3 { margin: 6px 0; }
+.sae-lab-panel select, .sae-lab-panel input { background: var(--comfy-input-bg); color: var(--input-text);
+  border: 1px solid var(--border-color); border-radius: 4px; padding: 4px 6px; }
+.sae-row { display: flex; gap: 6px; align-items: center; flex-wrap: wrap; margin: 4px 0; }
+.sae-row input[type=search], .sae-row input[type=text] { flex: 1; min-width: 120px; }
+.sae-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); gap: 6px; }
+.sae-card { background: var(--comfy-menu-bg); border: 1px solid var(--border-color); border-radius: 6px;
+  padding: 4px; color: var(--fg-color); cursor: pointer; text-align: left; }
+.sae-card img, .sae-noimg { width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 4px; background: #333; }
+.sae-card-id { font-weight: bold; font-size: 0.85rem; }
+.sae-card-label, .sae-card-rate { font-size: 0.75rem; opacity: 0.8; white-space: nowrap; overflow: hidden; }
+.sae-button { background: var(--comfy-input-bg); color: var(--fg-color); border: 1px solid var(--border-color);
+  border-radius: 4px; padding: 4px 8px; cursor: pointer; }
+.sae-primary { border-color: #3a7bd5; }
+.sae-examples { display: grid; grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); gap: 8px; }
+.sae-example { margin: 0; } .sae-example figcaption { font-size: 0.75rem; opacity: 0.85; }
+.sae-stats, .sae-message { font-size: 0.8rem; opacity: 0.85; } .sae-error { color: #e66; }
+`;
+
+app.registerExtension({
+  name: "sae_lab.atlas",
+  async setup() {
+    document.head.append(h("style", {}, STYLE));
+    window.SAELab = { openFeature };
+    app.extensionManager?.registerSidebarTab?.({
+      id: TAB_ID, icon: "pi pi-th-large", title: "SAE Atlas", tooltip: "SAE feature atlas", type: "custom",
+      render: (element) => { renderPanel(element); },
+      destroy: () => { state.root = null; },
+    });
+  },
+});
