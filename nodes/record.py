@@ -4,6 +4,7 @@ SAE Record Activations returns a MODEL clone whose block forward stores each cal
 Recording, and an OUTER_SAMPLE wrapper that starts a fresh run every time a sampler uses that model.
 ComfyUI caches the recorder node when its inputs do not change, so the *same* Recording object serves
 every later queue: when the seed changes only the sampler re-runs, and its wrapper replaces the data.
+The recorder is marked not idempotent so that two recorder nodes never share one cached Recording.
 The reading nodes take the sampler's LATENT or the decoded IMAGE as an input, which orders them after
 sampling and makes ComfyUI re-run them whenever the sampling re-ran.
 """
@@ -103,6 +104,9 @@ class SAERecordActivations(io.ComfyNode):
             node_id="SAERecordActivations",
             display_name=cls.NODE,
             category=CATEGORY,
+            # each recorder node owns its recording: ComfyUI would otherwise share one cached output between
+            # two recorder nodes with identical inputs (e.g. one per sampler), mixing their runs
+            not_idempotent=True,
             description=(
                 "Records which SAE features fire in one U-Net block during the real sampling run: the sparse "
                 "code (top-k values and feature ids) of every position, at every step, for the positive and "

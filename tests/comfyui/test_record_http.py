@@ -71,6 +71,32 @@ def test_requeues_always_show_the_latest_sampling_run(server):
         assert shorter[node].splitlines() == first[node].splitlines()[:5]  # title, header, 3 rows
 
 
+def test_two_identical_recorder_branches_keep_their_own_runs(server):
+    """Two recorder nodes with the same inputs, one per sampler: ComfyUI must not merge them into one."""
+    prompt = tiny_prompt(WORKFLOW, server.object_info)
+    singles = [run(server, with_seed(prompt, seed))[0] for seed in (1, 2)]
+    both = with_seed(prompt, 1)
+    renamed = {node: str(1000 + int(node)) for node in prompt}
+    for node, copy_id in renamed.items():
+        twin = copy.deepcopy(both[node])
+        for name, value in twin["inputs"].items():
+            if isinstance(value, list) and value[0] in renamed:
+                twin["inputs"][name] = [renamed[value[0]], value[1]]
+        if twin["class_type"] == "KSampler":
+            twin["inputs"]["seed"] = 2
+        if twin["class_type"] == "SaveImage":
+            twin["inputs"]["filename_prefix"] += "_twin"
+        both[copy_id] = twin
+    (decode,) = ids_of(prompt, "VAEDecode")
+    for node in ids_of(prompt, "SAETopFeatures"):  # each reader also waits for the other branch's sampler
+        both[node]["inputs"]["image"] = [renamed[decode], 0]
+        both[renamed[node]]["inputs"]["image"] = [decode, 0]
+    entry = server.run(both)
+    for node in ids_of(prompt, "SAETopFeatures"):
+        assert entry["outputs"][node]["text"][0] == singles[0][node]
+        assert entry["outputs"][renamed[node]]["text"][0] == singles[1][node]
+
+
 def test_reading_errors_reach_the_user_with_the_node_name(server):
     prompt = tiny_prompt(WORKFLOW, server.object_info)
     top = ids_of(prompt, "SAETopFeatures")[0]
