@@ -222,3 +222,30 @@ def test_errors_name_the_node_the_value_and_what_is_valid(sdxl, sae):
         record(sdxl, sae, "up.9.9")
     with pytest.raises(ValueError, match="SAE Record Activations: the SAE has width 128 but block"):
         record(sdxl, sae, "up.1.1")
+
+
+# ---------------------------------------------------------------- SD1.5, several steps, block-output SAEs
+def test_sd15_multi_step_timeline_with_a_block_output_sae():
+    sd15 = build_unet("sd15")
+    sae = SparseAutoencoder(128, 512, 16, hookpoint="unet.up_blocks.1.attentions.1", input_kind="output")
+    sae.reset_parameters(torch.Generator().manual_seed(1))
+    pos, neg = random_conditioning(seed=5)
+    latent = torch.zeros(1, 4, 32, 48)  # 256 x 384 px
+    recorded, recording = record(sd15, sae)
+    probe = BlockProbe(recorded, "output_blocks.4.1")
+    samples = sample(probe.model, pos, neg, latent, steps=3, cfg=7.0)
+    assert sorted({c.step for c in recording.calls}) == [0, 1, 2]
+    x, y, kinds = probe.calls[-1]
+    expected = sae.encode_topk(y.permute(0, 2, 3, 1)).indices  # the block output itself, not the update
+    assert torch.equal(recording.calls[-1].indices.long().sort(-1).values,
+                       expected.reshape(2, -1, 16).sort(-1).values)
+    assert recording.calls[-1].grid == (8, 12)
+    for pass_kind in ("positive", "negative"):
+        chart, table = SAEFeatureTimeline.execute(recording, "top 4", pass_kind=pass_kind,
+                                                  latent={"samples": samples}).result
+        rows = table.splitlines()
+        assert len(rows) == 4 and [r.split()[0] for r in rows[1:]] == ["0", "1", "2"]
+        assert chart.shape[-1] == 3 and chart.std() > 0
+    heat, mask = SAEFeatureHeatmap.execute(recording, torch.full((1, 256, 384, 3), 0.5), features="top 2",
+                                           every_step=True, pass_kind="negative").result
+    assert heat.shape[2] == 3 * 384 + 2 * 4 and mask.shape == (1, 256, 384)
