@@ -8,7 +8,9 @@ import importlib.util
 
 WEB_DIRECTORY = "./web"
 
-if importlib.util.find_spec("comfy_api") is not None:
+# __package__ is empty when a tool imports this file on its own (pytest's package setup in a checkout
+# whose folder name is not an identifier, e.g. "sae-lab"): there is no package to import nodes from.
+if __package__ and importlib.util.find_spec("comfy_api") is not None:
     from .nodes import comfy_entrypoint  # noqa: F401
 
 __all__ = ["WEB_DIRECTORY"]

@@ -15,6 +15,14 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 # jet: dark blue -> blue -> cyan -> yellow -> red -> dark red
 _JET_STOPS = np.array([0.0, 0.125, 0.375, 0.625, 0.875, 1.0])
 _JET_RGB = np.array([[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]], float)
+_QUARTERS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+# name -> (stops, RGB at the stops); viridis and inferno are sampled from matplotlib's definitions
+COLORMAPS: dict[str, tuple[np.ndarray, np.ndarray]] = {
+    "jet": (_JET_STOPS, _JET_RGB),
+    "viridis": (_QUARTERS, np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)),
+    "inferno": (_QUARTERS, np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], float)),
+    "gray": (np.array([0.0, 1.0]), np.array([[0, 0, 0], [255, 255, 255]], float)),
+}
 
 
 def normalize(values: np.ndarray) -> np.ndarray:
@@ -26,10 +34,13 @@ def normalize(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def heat_colors(values: np.ndarray) -> np.ndarray:
-    """Jet-like colours (..., 3) uint8 for values in [0, 1]."""
+def heat_colors(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Colours (..., 3) uint8 for values in [0, 1]: jet-like by default, or any name in COLORMAPS."""
+    if colormap not in COLORMAPS:
+        raise ValueError(f"colormap {colormap!r} is not known; valid: {', '.join(COLORMAPS)}")
+    stops, rgb = COLORMAPS[colormap]
     v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
-    channels = [np.interp(v, _JET_STOPS, _JET_RGB[:, c]) for c in range(3)]
+    channels = [np.interp(v, stops, rgb[:, c]) for c in range(3)]
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
@@ -41,6 +52,12 @@ def as_uint8_image(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
+def upsample_bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize (pixel centres aligned, as PIL and torch's align_corners=False) of a (h, w) map."""
+    grid = np.asarray(grid, dtype=np.float32)
+    return np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR), dtype=np.float32)
+
+
 def upsample_nearest(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of a (h, w) map to (height, width); any aspect ratio."""
     grid = np.asarray(grid)
@@ -50,7 +67,7 @@ def upsample_nearest(grid: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, bins: int = 10,
-                    normalized: bool = False) -> np.ndarray:
+                    normalized: bool = False, colormap: str = "jet") -> np.ndarray:
     """Composite a block-grid heat map over an image, as the paper's demo does.
 
     The map is upsampled (nearest) to the image, min-max normalised (unless ``normalized``), quantised
@@ -62,7 +79,7 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, bin
     values = values if normalized else normalize(values)
     values = upsample_nearest(values, height, width)
     quantised = np.minimum(np.floor(values * bins), bins - 1)
-    colours = heat_colors((quantised + 0.5) / bins).astype(np.float64)
+    colours = heat_colors((quantised + 0.5) / bins, colormap).astype(np.float64)
     visible = (quantised > 0)[..., None]
     blended = base.astype(np.float64) * (1 - alpha) + colours * alpha
     return np.where(visible, blended, base).round().astype(np.uint8)
@@ -163,8 +180,8 @@ def line_chart(series: dict[str, list[float]], title: str = "", x_label: str = "
 
 
 def labelled_grid(images: list[np.ndarray | Image.Image], labels: list[str], columns: int = 3,
-                  label_height: int = 24, gap: int = 4) -> Image.Image:
-    """Tiles of equal size with a caption strip under each."""
+                  label_height: int = 24, gap: int = 4, font_size: int | None = None) -> Image.Image:
+    """Tiles of equal size with a caption strip under each (text ``font_size`` px, default fits the strip)."""
     if not images:
         raise ValueError("no images to put in a grid")
     tiles = [img if isinstance(img, Image.Image) else Image.fromarray(as_uint8_image(img)) for img in images]
@@ -173,7 +190,7 @@ def labelled_grid(images: list[np.ndarray | Image.Image], labels: list[str], col
     rows = -(-len(tiles) // columns)
     grid = Image.new("RGB", (columns * (w + gap) - gap, rows * (h + label_height + gap) - gap), BACKGROUND)
     draw = ImageDraw.Draw(grid)
-    fnt = font(max(12, min(18, label_height - 8)))
+    fnt = font(font_size or max(12, min(18, label_height - 8)))
     for i, (tile, label) in enumerate(zip(tiles, labels)):
         x, y = (i % columns) * (w + gap), (i // columns) * (h + label_height + gap)
         grid.paste(tile.convert("RGB").resize((w, h)), (x, y))
