@@ -69,7 +69,7 @@ def _check_latent(recording: Recording, latent: dict | None) -> None:
             f"its own SAE Record Activations")
 
 
-def _check_image(recording: Recording, image: torch.Tensor | None) -> None:
+def check_image(recording: Recording, image: torch.Tensor | None) -> None:
     if image is None:
         return
     batch = analysis.recorded_batch(recording)
@@ -88,7 +88,7 @@ def _ready(recording: Recording, latent: dict | None, image: torch.Tensor | None
                             f"sampling and always shows the current run")
     analysis.check_recorded(recording)
     _check_latent(recording, latent)
-    _check_image(recording, image)
+    check_image(recording, image)
 
 
 def _image_tensor(pictures: list) -> torch.Tensor:

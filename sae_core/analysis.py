@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .errors import SAEInputError
+from .model import SparseCode
 from .recording import Recording
 from .steering import parse_feature_list
 
@@ -254,3 +255,25 @@ def parse_features(text: str, n_latents: int) -> int | list[int]:
 def choose_features(selection: Selection, spec: int | list[int]) -> FeatureStats:
     """Explicit ids keep their order; ``top N`` ranks the selection."""
     return rank_features(selection, spec) if isinstance(spec, int) else stats_of(selection, spec)
+
+
+def aggregated_code(selection: Selection, k: int) -> SparseCode:
+    """The selection as one sparse code on its grid, (h, w, k): the code itself for a single row, else the
+    per-position mean activation (rows of a step first, then steps) reduced to its k strongest latents."""
+    grid = selection.grid
+    rows = [s for s in selection.samples if s.grid == grid]
+    h, w = grid
+    if len(rows) == 1:
+        values, indices = rows[0].values, rows[0].indices
+        keep = min(k, values.shape[-1])
+        top = values.topk(keep, dim=-1)
+        return SparseCode(top.values.reshape(h, w, keep), indices.gather(-1, top.indices).reshape(h, w, keep))
+    per_step = []
+    for step_rows in _by_step(rows).values():
+        dense = torch.zeros(h * w, selection.n_latents)
+        for s in step_rows:
+            dense.scatter_add_(1, s.indices, s.values)
+        per_step.append(dense / len(step_rows))
+    mean = torch.stack(per_step).mean(0)
+    top = mean.topk(min(k, selection.n_latents), dim=-1)
+    return SparseCode(top.values.reshape(h, w, -1), top.indices.reshape(h, w, -1))

@@ -227,3 +227,20 @@ def test_errors_say_what_is_wrong_and_what_is_valid():
     with pytest.raises(SAEInputError, match="is 96x64 px but the recorded block grid is 4x4"):
         feature_views.check_aspect((4, 4), 64, 96)
     feature_views.check_aspect((17, 16), 520, 512)  # odd latent sizes round up on the grid
+
+
+def test_aggregated_code_is_the_row_itself_or_the_step_mean():
+    from sae_core.analysis import Sample, Selection, aggregated_code
+
+    def sample(step, values, indices):
+        return Sample(step, (1, 2), torch.tensor(values), torch.tensor(indices))
+
+    one = Selection([sample(0, [[2.0, 1.0], [0.5, 0.0]], [[3, 1], [3, 9]])], [0], "", 12)
+    code = aggregated_code(one, 2)
+    assert code.values.shape == (1, 2, 2)
+    assert code.values[0, 0].tolist() == [2.0, 1.0] and code.indices[0, 0].tolist() == [3, 1]
+    # two steps: feature 3 is 2.0 then 0.0 at position 0 -> mean 1.0; feature 5 is 0 then 4.0 -> 2.0
+    two = Selection([sample(0, [[2.0], [1.0]], [[3], [3]]), sample(1, [[4.0], [1.0]], [[5], [3]])], [0, 1], "", 12)
+    code = aggregated_code(two, 2)
+    assert code.indices[0, 0].tolist() == [5, 3] and code.values[0, 0].tolist() == [2.0, 1.0]
+    assert code.indices[0, 1, 0] == 3 and code.values[0, 1, 0] == 1.0

@@ -1,0 +1,111 @@
+"""Feature atlas nodes: add every generation's recorded features to an atlas saved beside the SAE
+(browsed in the SAE Atlas sidebar), and find the features that tell two sets of prompts apart."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from comfy_api.latest import io, ui
+
+from ..sae_core import analysis
+from ..sae_core.atlas import ATLAS_SUFFIX, Example, FeatureAtlas, atlas_dir_for
+from ..sae_core.errors import SAEError, SAEInputError
+from .comfy_glue import SAE, SAE_FOLDER, model_folder_paths, node_error
+from .record import RECORDING, check_image
+
+CATEGORY = "SAE Lab/explore"
+BUILD = "SAE Build Atlas"
+
+
+def atlas_folder(sae, atlas_name: str) -> Path:
+    """Beside the SAE file/folder, or models/sae/<atlas_name>.atlas when named (or when the SAE has no file)."""
+    name = (atlas_name or "").strip()
+    if name:
+        if "/" in name or "\\" in name or name.startswith(".") or len(name) > 120:
+            raise SAEInputError(f"atlas_name {name!r} must be a plain name (no folders), at most 120 characters")
+        return Path(model_folder_paths(SAE_FOLDER)[0]) / (name.removesuffix(ATLAS_SUFFIX) + ATLAS_SUFFIX)
+    if not sae.source_path:
+        raise SAEInputError("this SAE was not loaded from a file, so the atlas has no place beside it; "
+                            "type an atlas_name (it is saved as models/sae/<atlas_name>.atlas)")
+    return atlas_dir_for(sae.source_path)
+
+
+def open_atlas(folder: Path, sae, top_n: int) -> FeatureAtlas:
+    """The atlas in ``folder`` if it belongs to this SAE, else a new one; another SAE's atlas is refused."""
+    meta = {"name": sae.name, "hookpoint": sae.hookpoint, "fingerprint": sae.fingerprint(),
+            "n_latents": sae.n_latents}
+    if not (folder / "index.json").is_file():
+        return FeatureAtlas(sae.n_latents, top_n=top_n, meta=meta)
+    atlas = FeatureAtlas.load(folder)
+    if atlas.meta.get("fingerprint") != meta["fingerprint"]:
+        raise SAEInputError(f"the atlas {folder} was built for another SAE ({atlas.meta.get('name')!r}, "
+                            f"{atlas.meta.get('hookpoint')}); give this one its own atlas_name")
+    if atlas.top_n != top_n:
+        raise SAEInputError(f"the atlas {folder} keeps the top {atlas.top_n} examples per feature, not {top_n}; "
+                            f"set top_n to {atlas.top_n} or use a new atlas_name")
+    return atlas
+
+
+class SAEBuildAtlas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAEBuildAtlas",
+            display_name=BUILD,
+            category=CATEGORY,
+            description=(
+                "Adds this run's generations to the SAE's feature atlas: for every feature, the N generations "
+                "where it fired most (averaged over the image), with thumbnail, prompt, seed and heatmap, plus "
+                "its firing rate and mean activation. Queue many prompts and seeds to grow it; browse it in the "
+                "SAE Atlas sidebar."),
+            is_output_node=True,
+            inputs=[
+                RECORDING.Input("recording", tooltip="The recording from SAE Record Activations."),
+                SAE.Input("sae", tooltip="The recorded SAE: the atlas is saved beside its file."),
+                io.Image.Input("image", tooltip="The decoded image of the recorded run (thumbnails; it also "
+                                                "orders this node after the sampler)."),
+                io.String.Input("prompt", default="", multiline=True,
+                                tooltip="The prompt of this run, shown with its examples (convert to an input "
+                                        "and connect your prompt text to fill it automatically)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="The seed of this run, shown with its examples."),
+                io.Int.Input("top_n", default=8, min=1, max=64,
+                             tooltip="How many examples each feature keeps (fixed once an atlas exists)."),
+                io.Int.Input("step", default=-1, min=-1, max=1000,
+                             tooltip="Denoising step to read, or -1 for the mean over all steps."),
+                io.String.Input("atlas_name", default="",
+                                tooltip="Empty: saved beside the SAE (x.safetensors -> x.atlas). A name: saved "
+                                        "as models/sae/<name>.atlas."),
+            ],
+            outputs=[io.String.Output(display_name="summary", tooltip="What the atlas holds now.")],
+        )
+
+    @classmethod
+    def execute(cls, recording, sae, image, prompt: str = "", seed: int = 0, top_n: int = 8, step: int = -1,
+                atlas_name: str = "") -> io.NodeOutput:
+        try:
+            if recording.n_latents != sae.n_latents:
+                raise SAEInputError(f"the recording has {recording.n_latents} features but the SAE has "
+                                    f"{sae.n_latents}: connect the SAE that was recorded")
+            analysis.check_recorded(recording)
+            check_image(recording, image)
+            folder = atlas_folder(sae, atlas_name)
+            atlas = open_atlas(folder, sae, top_n)
+            batch = analysis.recorded_batch(recording)
+            pictures = image.detach().cpu().numpy()
+            for item in range(batch):
+                selection = analysis.select(recording, "positive", item, step)
+                code = analysis.aggregated_code(selection, recording.keep)
+                atlas.add(Example(code, prompt=prompt, seed=seed + item if batch > 1 else seed,
+                                  thumbnail=np.asarray(pictures[item])))
+            atlas.save(folder)
+        except SAEError as exc:
+            raise node_error(BUILD, exc) from None
+        fired = int((atlas.top_gens[:, 0] >= 0).sum())
+        summary = (f"{folder.name}: {atlas.next_id} generations seen, {fired} of {atlas.n_latents} features have "
+                   f"examples; open the SAE Atlas sidebar to browse")
+        return io.NodeOutput(summary, ui=ui.PreviewText(summary))
+
+
+NODES = [SAEBuildAtlas]
