@@ -125,7 +125,7 @@ class SAETrain(io.ComfyNode):
         try:
             # ComfyUI runs nodes under inference_mode; the optimizer needs ordinary tensors (as its LoRA trainer does)
             with torch.inference_mode(False), torch.enable_grad():
-                result = train_sae(config, source, files=files, resume=resume,
+                result = train_sae(config, source, files=files, resume=resume, on_step=on_step,
                                    device=comfy.model_management.get_torch_device(), sae_meta={"name": name})
         except SAEError as exc:
             raise node_error(TRAIN, exc) from None
