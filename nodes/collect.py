@@ -78,12 +78,16 @@ class SAECollectActivations(io.ComfyNode):
                              tooltip="Sampling steps; rows are stored for every step (SDXL Turbo: 1)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Guidance scale. At 1.0 only the positive pass runs (SDXL Turbo)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler"),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
-                             tooltip="Prompt i is sampled with seed + i (sdxl-unbox: seed = prompt index)."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                               tooltip="Sampler, as in KSampler (SDXL Turbo: euler_ancestral)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                               tooltip="Scheduler, as in KSampler (SDXL Turbo: sgm_uniform)."),
+                io.Int.Input("base_seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
+                             tooltip="Prompt i is sampled with base_seed + i (sdxl-unbox: seed = prompt index). "
+                                     "Fixed, so a re-run continues the same dataset."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8,
+                             tooltip="Image width; the block sees width/8 divided by its downsampling."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height."),
                 io.Combo.Input("passes", options=list(STORE_PASSES), default="positive",
                                tooltip="Store the positive (conditional) pass only, as SAeUron, or both CFG passes."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
@@ -94,7 +98,7 @@ class SAECollectActivations(io.ComfyNode):
                 io.String.Input("negative", default="", optional=True, tooltip="Negative prompt (used when cfg > 1)."),
                 io.String.Input("folder", default="", optional=True,
                                 tooltip="Where to create the dataset folder instead of output/sae_datasets."),
-                io.Int.Input("prompts_per_shard", default=8, min=1, max=100000, optional=True, advanced=True,
+                io.Int.Input("prompts_per_shard", default=8, min=1, max=100000, optional=True,
                              tooltip="Prompts per shard file: the unit of resuming and of the training shuffle."),
             ],
             outputs=[
@@ -115,7 +119,7 @@ class SAECollectActivations(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, prompts: str, blocks: str, store: str, dataset_name: str, steps: int, cfg: float,
-                sampler_name: str, scheduler: str, seed: int, width: int, height: int, passes: str, dtype: str,
+                sampler_name: str, scheduler: str, base_seed: int, width: int, height: int, passes: str, dtype: str,
                 prompts_file: str = "", negative: str = "", folder: str = "", prompts_per_shard: int = 8) -> io.NodeOutput:
         try:
             prompt_list = parse_prompts(prompts) + (read_prompt_file(prompts_file) if (prompts_file or "").strip() else [])
@@ -134,14 +138,14 @@ class SAECollectActivations(io.ComfyNode):
                 "model": {"fingerprint": model_fingerprint(model), "family": layout.family},
                 "input_kind": store,
                 "dtype": dtype,
-                "settings": {"steps": steps, "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "seed": seed,
+                "settings": {"steps": steps, "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "seed": base_seed,
                              "width": width, "height": height, "passes": passes, "negative": negative or "",
                              "prompts_per_shard": prompts_per_shard},
                 "blocks": {b.short: {"diffusers": b.diffusers, "comfy": b.comfy, "hookpoint": hookpoint_of(b.diffusers),
                                      "channels": b.channels} for b in chosen},
             }
             writer = ActivationDatasetWriter(root, header)
-            seeds = [seed + i for i in range(len(prompt_list))]
+            seeds = [base_seed + i for i in range(len(prompt_list))]
             plans = writer.plan(prompt_list, seeds, prompts_per_shard)
             recorders = {b.short: ActivationRecorder(store, passes, dtype) for b in chosen}
         except SAEError as exc:

@@ -65,27 +65,27 @@ class SAETrain(io.ComfyNode):
                 io.Int.Input("steps", default=2000, min=1, max=10_000_000, tooltip="Optimizer steps."),
                 io.Float.Input("learning_rate", default=DEFAULTS.lr, min=1e-7, max=1.0, step=1e-5, round=False,
                                tooltip="Adam learning rate (sdxl-unbox 1e-4, SAeUron 4e-4)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
-                             tooltip="Initialisation and data order."),
+                io.Int.Input("init_seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the initialisation and of the data order."),
                 io.Boolean.Input("resume", default=True,
                                  tooltip="Continue this name's last checkpoint when its settings are the same."),
                 io.String.Input("block", default="", optional=True,
                                 tooltip="For a dataset holding several blocks: which one (any notation)."),
-                io.Int.Input("auxk", default=DEFAULTS.auxk, min=0, max=1 << 16, optional=True, advanced=True,
+                io.Int.Input("auxk", default=DEFAULTS.auxk, min=0, max=1 << 16, optional=True,
                              tooltip="Dead latents used by the AuxK loss that revives them (0 = off)."),
                 io.Float.Input("auxk_coef", default=DEFAULTS.auxk_coef, min=0.0, max=10.0, step=0.001, round=False,
-                               optional=True, advanced=True, tooltip="Weight of the AuxK loss."),
+                               optional=True, tooltip="Weight of the AuxK loss."),
                 io.Int.Input("dead_tokens", default=DEFAULTS.dead_tokens, min=1, max=1 << 40, optional=True,
-                             advanced=True, tooltip="Rows without firing after which a latent counts as dead."),
+                             tooltip="Rows without firing after which a latent counts as dead."),
                 io.Float.Input("warmup", default=DEFAULTS.warmup, min=0.0, max=1.0, step=0.01, optional=True,
-                               advanced=True, tooltip="Fraction of the steps with a linear learning-rate warm-up."),
+                               tooltip="Fraction of the steps with a linear learning-rate warm-up."),
                 io.Float.Input("decay", default=DEFAULTS.decay, min=0.0, max=1.0, step=0.01, optional=True,
-                               advanced=True, tooltip="Fraction of the steps at the end with a linear decay to 0 "
+                               tooltip="Fraction of the steps at the end with a linear decay to 0 "
                                                       "(1 = SAeUron's schedule)."),
                 io.Combo.Input("b_dec_init", options=["median", "mean", "zero"], default=DEFAULTS.b_dec_init,
-                               optional=True, advanced=True,
+                               optional=True,
                                tooltip="Decoder bias from the first batch: geometric median, mean, or zero."),
-                io.Int.Input("log_every", default=DEFAULTS.log_every, min=1, max=100000, optional=True, advanced=True,
+                io.Int.Input("log_every", default=DEFAULTS.log_every, min=1, max=100000, optional=True,
                              tooltip="Steps per point of the loss curve."),
             ],
             outputs=[
@@ -97,7 +97,7 @@ class SAETrain(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset: str, name: str, latents: int, k: int, activation: str, batch_size: int, steps: int,
-                learning_rate: float, seed: int, resume: bool, block: str = "", auxk: int = DEFAULTS.auxk,
+                learning_rate: float, init_seed: int, resume: bool, block: str = "", auxk: int = DEFAULTS.auxk,
                 auxk_coef: float = DEFAULTS.auxk_coef, dead_tokens: int = DEFAULTS.dead_tokens,
                 warmup: float = DEFAULTS.warmup, decay: float = DEFAULTS.decay, b_dec_init: str = DEFAULTS.b_dec_init,
                 log_every: int = DEFAULTS.log_every) -> io.NodeOutput:
@@ -106,7 +106,7 @@ class SAETrain(io.ComfyNode):
             if not (dataset or "").strip():
                 raise SAEInputError("no dataset given: connect SAE Collect Activations' dataset output or type a folder")
             config = TrainConfig(n_latents=latents, k=k, activation=activation, batch_size=batch_size, steps=steps,
-                                 lr=learning_rate, seed=seed, auxk=auxk, auxk_coef=auxk_coef, dead_tokens=dead_tokens,
+                                 lr=learning_rate, seed=init_seed, auxk=auxk, auxk_coef=auxk_coef, dead_tokens=dead_tokens,
                                  warmup=warmup, decay=decay, b_dec_init=b_dec_init, log_every=log_every,
                                  checkpoint_every=max(log_every, 100)).validate()
             source = ActivationSource.open(dataset.strip(), block=(block or "").strip() or None)

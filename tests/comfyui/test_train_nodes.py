@@ -49,9 +49,16 @@ def comfy_dirs(tmp_path, monkeypatch):
     comfy.model_management.interrupt_current_processing(False)
 
 
+@pytest.mark.parametrize("node", [SAECollectActivations, SAETrain, SAESave])
+def test_schemas_build_with_this_comfyui(node):
+    schema = node.define_schema()
+    assert schema.node_id == node.__name__ and schema.category.startswith("SAE Lab")
+    assert all(getattr(i, "tooltip", None) for i in schema.inputs if i.id not in ("model", "clip", "sae"))
+
+
 def collect(model, **overrides):
     inputs = dict(prompts=PROMPTS, blocks="down.2.1, up_blocks.0.attentions.1", store="diff", dataset_name="tiny",
-                  steps=2, cfg=1.0, sampler_name="euler", scheduler="normal", seed=5, width=512, height=512,
+                  steps=2, cfg=1.0, sampler_name="euler", scheduler="normal", base_seed=5, width=512, height=512,
                   passes="positive", dtype="fp32", prompts_per_shard=2)
     inputs.update(overrides)
     with torch.inference_mode():  # as ComfyUI runs nodes
@@ -150,7 +157,7 @@ def test_collection_errors_name_the_node_and_value(sdxl, comfy_dirs, field, valu
 
 def train(dataset: str, **overrides):
     inputs = dict(name="tiny_sae", latents=256, k=4, activation="topk", batch_size=256, steps=60,
-                  learning_rate=1e-3, seed=0, resume=True, block="down.2.1", log_every=10)
+                  learning_rate=1e-3, init_seed=0, resume=True, block="down.2.1", log_every=10)
     inputs.update(overrides)
     with torch.inference_mode():
         return SAETrain.execute(dataset, **inputs)
