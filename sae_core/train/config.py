@@ -33,6 +33,7 @@ class TrainConfig:
     auxk_coef: float = 1 / 32
     dead_tokens: int = 10_000_000     # rows without firing after which a latent counts as dead
     b_dec_init: str = "median"        # decoder bias from the first batch: geometric median, mean, or zero
+    encoder_init: float = 3 ** -0.5   # encoder rows start as the decoder directions times this (see trainer.new_sae)
     input_norm: bool = False          # SAeUron's per-vector standardisation of the input
     seed: int = 0
     amp: str = "bf16"                 # autocast dtype of the encoder matmul, CUDA only
@@ -62,6 +63,7 @@ class TrainConfig:
              f"warmup ({self.warmup}) and decay ({self.decay}) are fractions of the steps; each in [0, 1], sum <= 1")
         need(self.grad_clip >= 0, f"gradient clipping must be >= 0 (0 = off), got {self.grad_clip}")
         need(self.auxk >= 0 and self.auxk_coef >= 0, f"auxk ({self.auxk}) and auxk_coef ({self.auxk_coef}) must be >= 0")
+        need(self.encoder_init > 0, f"encoder_init must be positive, got {self.encoder_init}")
         need(self.dead_tokens >= 1, f"dead_tokens must be at least 1, got {self.dead_tokens}")
         need(self.log_every >= 1 and self.checkpoint_every >= 1, "log_every and checkpoint_every must be at least 1")
         need(self.buffer_rows >= 1 and self.chunk_rows >= 1, "buffer_rows and chunk_rows must be at least 1")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DOT_CHUNK = 1 << 15  # entries per gather in entry_dots (keeps the gathered rows in cache)
+DOT_CHUNK = 1 << 14  # entries per gather in entry_dots' fallback (keeps the gathered rows in cache)
 
 
 class Code(NamedTuple):
@@ -64,16 +64,18 @@ def decode(code: Code, W_dec: Tensor) -> Tensor:
 
 
 def entry_dots(W: Tensor, code: Code, dense: Tensor) -> Tensor:
-    """``<W[cols_e], dense[rows_e]>`` for every entry: the gradient of each code value."""
+    """``<W[cols_e], dense[rows_e]>`` for every entry: the gradient of each code value.
+
+    This is exactly what autograd computes for ``embedding_bag``'s per-sample weights; its kernel reads each
+    row in place (about 10x faster on CPU than gathering the rows first), so it is called directly, with a
+    gather-based fallback should a torch build lack it.
+    """
+    try:
+        return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            dense, W, code.cols, code.offsets, code.rows, 0, -1)
+    except (AttributeError, RuntimeError):  # pragma: no cover - every torch >= 1.3 has the op
+        pass
     out = torch.empty(code.cols.shape[0], dtype=dense.dtype, device=dense.device)
-    if code.per_row:  # (rows, k, d) x (rows, d, 1): each dense row is read once
-        k = code.per_row
-        step = max(1, DOT_CHUNK // k)
-        cols = code.cols.view(-1, k)
-        for start in range(0, cols.shape[0], step):
-            stop = start + step
-            out[start * k:stop * k] = torch.bmm(W[cols[start:stop]], dense[start:stop, :, None]).reshape(-1)
-        return out
     for start in range(0, code.cols.shape[0], DOT_CHUNK):
         stop = start + DOT_CHUNK
         out[start:stop] = (W[code.cols[start:stop]] * dense[code.rows[start:stop]]).sum(-1)
