@@ -4,7 +4,8 @@ All three train a TopK SAE on the same planted-dictionary rows (known unit direc
 noise), in the same batch order, with the same settings (latents, k, batch, Adam lr / eps / betas, linear
 warm-up then linear decay to 0, b_dec initialised at the mean of the first batch as sparsify does, AuxK with
 k_aux = d_in / 2, no gradient clipping), for a fixed token budget. Reported: tokens/s of the training loop
-(data already in memory), FVU on held-out rows, and dictionary recovery (mean best cosine to the planted
+(data already in memory; the trainers' steps are interleaved so that other load on the machine
+falls on all of them alike), FVU on held-out rows, and dictionary recovery (mean best cosine to the planted
 directions). Ratios are measured within one run.
 
 - sparsify: ``SparseCoder`` from PyPI ``eai-sparsify`` (optional, bench only), driven step by step exactly like
@@ -47,23 +48,25 @@ def config_for(args, steps: int) -> TrainConfig:
                        auxk_coef=args.auxk_coef, dead_tokens=args.dead_tokens, b_dec_init="mean")
 
 
+# Each trainer is (step(x, i), reconstruct(h), decoder rows); the steps of all trainers are interleaved so
+# that load from other processes on a shared machine falls on all of them alike.
+
 # ---------------------------------------------------------------- ours
-def run_ours(args, data, steps):
+def make_ours(args, steps):
     cfg = config_for(args, steps)
     sae = new_sae(args.d_in, cfg)
     trainer = SAETrainer(sae, cfg, steps)
-    stream = list(batches(data, args.batch, steps, args.seed))
-    start = time.perf_counter()
-    for i, x in enumerate(stream):
+
+    def step(x, i):
         if i == 0:
             trainer.init_b_dec(x)
         trainer.train_step(x)
-    elapsed = time.perf_counter() - start
-    return elapsed, sae.reconstruct, sae.W_dec.detach()
+
+    return step, sae.reconstruct, lambda: sae.W_dec.detach()
 
 
 # ---------------------------------------------------------------- sparsify
-def run_sparsify(args, data, steps):
+def make_sparsify(args, steps):
     from sparsify import SparseCoder, SparseCoderConfig
     from transformers import get_linear_schedule_with_warmup
 
@@ -72,14 +75,12 @@ def run_sparsify(args, data, steps):
     adam = torch.optim.Adam(sae.parameters(), lr=args.lr, eps=args.eps)
     schedule = get_linear_schedule_with_warmup(adam, args.warmup, steps)
     since_fired = torch.zeros(args.latents, dtype=torch.long)
-    stream = list(batches(data, args.batch, steps, args.seed))
-    start = time.perf_counter()
-    for i, x in enumerate(stream):
+
+    def step(x, i):  # what sparsify's Trainer does per batch for one SAE (fvu loss, no grad accumulation)
         if i == 0:
             sae.b_dec.data = x.mean(0)
         sae.set_decoder_norm_to_unit_norm()
-        dead = since_fired > args.dead_tokens
-        out = sae(x, dead_mask=dead)
+        out = sae(x, dead_mask=since_fired > args.dead_tokens)
         (out.fvu + args.auxk_coef * out.auxk_loss).backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         adam.step()
@@ -88,16 +89,18 @@ def run_sparsify(args, data, steps):
         with torch.no_grad():
             fired = torch.zeros(args.latents, dtype=torch.bool)
             fired[out.latent_indices.flatten()] = True
-            since_fired += x.shape[0]
+            since_fired.add_(x.shape[0])
             since_fired[fired] = 0
-    elapsed = time.perf_counter() - start
-    sae.set_decoder_norm_to_unit_norm()
 
-    return elapsed, lambda h: sae(h).sae_out, sae.W_dec.detach()
+    def decoder():
+        sae.set_decoder_norm_to_unit_norm()
+        return sae.W_dec.detach()
+
+    return step, lambda h: sae(h).sae_out, decoder
 
 
 # ---------------------------------------------------------------- naive dense autograd
-def run_naive(args, data, steps):
+def make_naive(args, steps):
     cfg = config_for(args, steps)
     sae = new_sae(args.d_in, cfg)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
@@ -105,9 +108,8 @@ def run_naive(args, data, steps):
         p.requires_grad_(True)
     adam = torch.optim.Adam(params, lr=args.lr, eps=args.eps)
     since_fired = torch.zeros(args.latents, dtype=torch.long)
-    stream = list(batches(data, args.batch, steps, args.seed))
-    start = time.perf_counter()
-    for i, x in enumerate(stream):
+
+    def step(x, i):
         if i == 0:
             with torch.no_grad():
                 sae.b_dec.copy_(x.mean(0))
@@ -133,10 +135,10 @@ def run_naive(args, data, steps):
             w.div_(w.norm(dim=1, keepdim=True))
             fired = torch.zeros(args.latents, dtype=torch.bool)
             fired[idx[vals > 0]] = True
-            since_fired += x.shape[0]
+            since_fired.add_(x.shape[0])
             since_fired[fired] = 0
-    elapsed = time.perf_counter() - start
-    return elapsed, sae.reconstruct, sae.W_dec.detach()
+
+    return step, sae.reconstruct, lambda: sae.W_dec.detach()
 
 
 def main() -> None:
@@ -168,22 +170,30 @@ def main() -> None:
           f"k={args.k}, batch {args.batch}, {steps} steps ({steps * args.batch} tokens); planted {features} "
           f"directions, {args.active} active per row")
 
-    runners = {"ours": run_ours, "sparsify": run_sparsify, "naive (dense autograd)": run_naive}
-    results = {}
-    for name, run in runners.items():
+    makers = {"ours": make_ours, "sparsify": make_sparsify, "naive (dense autograd)": make_naive}
+    trainers = {}
+    for name, make in makers.items():
         if name.split()[0] in args.skip:
             continue
         try:
-            elapsed, reconstruct, W_dec = run(args, train, steps)
+            trainers[name] = make(args, steps)
         except ImportError as exc:
             print(f"{name:24s} not run: {exc} (pip install eai-sparsify; see the docstring)")
-            continue
-        with torch.no_grad():
-            results[name] = (steps * args.batch / elapsed, fvu(held_out, reconstruct(held_out)),
-                             recovery(W_dec, planted.directions))
-        tps, f, rec = results[name]
-        print(f"{name:24s} {tps:12,.0f} tokens/s   held-out FVU {f:.4f}   recovery {rec:.3f}   ({elapsed:.1f} s)")
+    seconds = {name: 0.0 for name in trainers}
+    for i, x in enumerate(batches(train, args.batch, steps, args.seed)):
+        for name, (step, _, _) in trainers.items():
+            start = time.perf_counter()
+            step(x, i)
+            seconds[name] += time.perf_counter() - start
 
+    results = {}
+    for name, (_, reconstruct, decoder) in trainers.items():
+        with torch.no_grad():
+            results[name] = (steps * args.batch / seconds[name], fvu(held_out, reconstruct(held_out)),
+                             recovery(decoder(), planted.directions))
+        tps, f, rec = results[name]
+        print(f"{name:24s} {tps:12,.0f} tokens/s   held-out FVU {f:.4f}   recovery {rec:.3f}   "
+              f"({seconds[name]:.1f} s)")
     ours = results.get("ours")
     for name, (tps, f, _) in results.items():
         if name != "ours" and ours:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from comfy_api.latest import io, ui
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.formats.native import save as save_sae
 from ..sae_core.train import ActivationSource, RunFiles, TrainConfig, train_sae
+from ..sae_core.train.checkpoint import CheckpointMismatch
 from ..sae_core.train.metrics import loss_curve
 from .comfy_glue import SAE, SAE_FOLDER, model_folder_paths, node_error
 
@@ -68,7 +70,9 @@ class SAETrain(io.ComfyNode):
                 io.Int.Input("init_seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the initialisation and of the data order."),
                 io.Boolean.Input("resume", default=True,
-                                 tooltip="Continue this name's last checkpoint when its settings are the same."),
+                                 tooltip="Continue this name's last checkpoint (a cancelled run goes on where it "
+                                         "stopped). If settings or data changed, a new run starts and the old "
+                                         "checkpoint is kept beside it."),
                 io.String.Input("block", default="", optional=True,
                                 tooltip="For a dataset holding several blocks: which one (any notation)."),
                 io.Int.Input("auxk", default=DEFAULTS.auxk, min=0, max=1 << 16, optional=True,
@@ -122,17 +126,27 @@ class SAETrain(io.ComfyNode):
             progress.update_absolute(done, total)
             comfy.model_management.throw_exception_if_processing_interrupted()
 
-        try:
+        def run():
             # ComfyUI runs nodes under inference_mode; the optimizer needs ordinary tensors (as its LoRA trainer does)
             with torch.inference_mode(False), torch.enable_grad():
-                result = train_sae(config, source, files=files, resume=resume, on_step=on_step,
-                                   device=comfy.model_management.get_torch_device(), sae_meta={"name": name})
+                return train_sae(config, source, files=files, resume=resume, on_step=on_step,
+                                 device=comfy.model_management.get_torch_device(), sae_meta={"name": name})
+
+        kept = None
+        try:
+            try:
+                result = run()
+            except CheckpointMismatch:  # settings or data changed: a new run, the old checkpoint is kept aside
+                kept = files.checkpoint.with_name(f"{files.checkpoint.stem}.{time.strftime('%Y%m%d-%H%M%S')}.pt")
+                files.checkpoint.rename(kept)
+                result = run()
         except SAEError as exc:
             raise node_error(TRAIN, exc) from None
         curve = image_tensor(loss_curve(result.history, title=name))
         last = result.history[-1] if result.history else {}
         info = (f"{result.sae.describe()}; {result.total_steps} steps"
                 + (f" (resumed at {result.resumed_at})" if result.resumed_at else "")
+                + (f" (settings or data changed: new run; previous checkpoint kept as {kept.name})" if kept else "")
                 + f"; FVU {last.get('fvu', float('nan')):.4f}, L0 {last.get('l0', 0):.1f}, "
                   f"dead {100 * last.get('dead_fraction', 0):.1f}%; logs in {run_dir}")
         return io.NodeOutput(result.sae, curve, info, ui=ui.PreviewImage(curve, cls=cls))

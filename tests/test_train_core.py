@@ -7,7 +7,7 @@ import torch
 
 from sae_core import load_sae
 from sae_core.train import ActivationSource, RunFiles, SAETrainer, TrainConfig, new_sae, train_sae
-from sae_core.train.checkpoint import load_checkpoint
+from sae_core.train.checkpoint import CheckpointMismatch, load_checkpoint
 from sae_core.train.synthetic import planted_dictionary, recovery
 from sae_core.errors import SAEInputError
 
@@ -68,6 +68,17 @@ def test_sparse_gradients_equal_dense_autograd(activation):
         torch.testing.assert_close(seen[name], expected[name], rtol=1e-4, atol=1e-6)
     assert metrics["auxk_loss"] > 0
     assert metrics["l0"] == pytest.approx(4.0)
+
+
+def test_batch_topk_cut_is_exact_even_when_one_row_dominates():
+    cfg = TrainConfig(n_latents=256, k=4, activation="batchtopk")
+    trainer = SAETrainer(new_sae(8, cfg), cfg, 1)
+    pre = torch.randn(64, 256)
+    for rows_boosted in (0, 1, 3):  # rows holding far more than 2k of the batch's largest values
+        boosted = pre.clone()
+        boosted[:rows_boosted] += 10.0
+        expected = boosted.flatten().topk(4 * 64).values.min()
+        assert trainer.batch_threshold(boosted, 4 * 64) == expected
 
 
 def array_source(tmp_path, x: torch.Tensor, name: str = "x.npy") -> ActivationSource:
@@ -150,7 +161,7 @@ def test_resume_refuses_other_settings(tmp_path):
     cfg = TrainConfig(n_latents=16, k=2, batch_size=100, steps=5, checkpoint_every=5, stats_rows=100)
     train_sae(cfg, source, files=files)
     other = TrainConfig(n_latents=16, k=3, batch_size=100, steps=5, checkpoint_every=5, stats_rows=100)
-    with pytest.raises(SAEInputError, match=r"other settings \(k: 2 -> 3\)"):
+    with pytest.raises(CheckpointMismatch, match=r"other settings \(k: 2 -> 3\)"):
         train_sae(other, source, files=files, resume=True)
 
 

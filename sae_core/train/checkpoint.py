@@ -14,6 +14,10 @@ from .config import RESUME_KEYS, TrainConfig
 CHECKPOINT_VERSION = 1
 
 
+class CheckpointMismatch(SAEInputError):
+    """A checkpoint exists but was made with other settings or data: resuming it would match neither run."""
+
+
 def save_checkpoint(path: str | Path, trainer_state: dict, *, config: TrainConfig, position: int, total_steps: int,
                     data: dict, history: list[dict]) -> None:
     state = {
@@ -55,5 +59,5 @@ def check_resumable(state: dict, config: TrainConfig, total_steps: int, data: di
         if state["data"].get(key) != data.get(key):
             diffs.append(f"data {key}: {state['data'].get(key)} -> {data.get(key)}")
     if diffs:
-        raise SAEInputError(f"checkpoint {str(path)!r} was made with other settings ({'; '.join(diffs)}); "
-                            f"use the same settings to resume, or start a new run without --resume")
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} was made with other settings ({'; '.join(diffs)}); "
+                                 f"use the same settings and data to resume, or start a new run")

@@ -212,8 +212,10 @@ def test_train_cancel_then_resume(sdxl, dataset, comfy_dirs, monkeypatch):
     assert "resumed at 100" in out.result[2]
     fresh = train(dataset, steps=150, name="fresh", resume=False)
     assert torch.equal(out.result[0].W_dec, fresh.result[0].W_dec)
-    with pytest.raises(ValueError, match=r"SAE Train: checkpoint .* other settings \(k: 4 -> 5\)"):
-        train(dataset, steps=150, k=5)
+    changed = train(dataset, steps=150, k=5)  # new settings: a new run, the old checkpoint kept aside
+    assert changed.result[0].k == 5 and "resumed" not in changed.result[2]
+    assert "previous checkpoint kept as tiny_sae.checkpoint." in changed.result[2]
+    assert len(list((comfy_dirs / "output" / "sae_runs" / "tiny_sae").glob("tiny_sae.checkpoint.*.pt"))) == 1
     with pytest.raises(ValueError, match=r"SAE Train: dataset .* holds several blocks \(down.2.1, up.0.1\)"):
         train(dataset, block="")
     with pytest.raises(ValueError, match="SAE Train: no dataset given"):
