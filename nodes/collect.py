@@ -60,8 +60,8 @@ class SAECollectActivations(io.ComfyNode):
                 "and Cancel keeps every finished shard."
             ),
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
+                io.Model.Input("model", tooltip="The model whose blocks are recorded (with any LoRAs applied)."),
+                io.Clip.Input("clip", tooltip="Encodes the prompts, as CLIP Text Encode does."),
                 io.String.Input("prompts", multiline=True, default="a photo of a cat\na watercolor painting of a city",
                                 tooltip="One prompt per line. Real datasets use thousands (sdxl-unbox used LAION-COCO "
                                         "captions); add more lines later and re-run: finished shards are kept."),

@@ -17,8 +17,9 @@ HEADER = {"name": "ds", "input_kind": "diff", "dtype": "fp16", "model": {"finger
 
 
 def test_recorder_stores_what_the_sae_would_encode_and_changes_nothing():
-    x = torch.randn(4, 8, 3, 5)          # (batch, channels, h, w): 2 passes x 2 images
-    y = torch.randn(4, 8, 3, 5)
+    g = torch.Generator().manual_seed(0)  # (never the global RNG: other test modules draw from it)
+    x = torch.randn(4, 8, 3, 5, generator=g)  # (batch, channels, h, w): 2 passes x 2 images
+    y = torch.randn(4, 8, 3, 5, generator=g)
     ctx = CallContext(chunk_kinds=(1, 0), sigma=5.0, sample_sigmas=(10.0, 5.0, 0.0))
     rec = ActivationRecorder("diff", passes="positive", dtype="fp32")
     rec.prompt_index = 7

@@ -51,13 +51,13 @@ def dense_reference_grads(sae, x, cfg: TrainConfig, dead: torch.Tensor) -> dict:
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])
 def test_sparse_gradients_equal_dense_autograd(activation):
-    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
     cfg = TrainConfig(n_latents=64, k=4, activation=activation, batch_size=96, auxk=8, dead_tokens=10, grad_clip=0)
     sae = new_sae(16, cfg)
     with torch.no_grad():
-        sae.b_dec.copy_(0.1 * torch.randn(16))
-        sae.b_enc.copy_(0.1 * torch.randn(64))
-    x = 2 * torch.randn(96, 16) + 1
+        sae.b_dec.copy_(0.1 * torch.randn(16, generator=g))
+        sae.b_enc.copy_(0.1 * torch.randn(64, generator=g))
+    x = 2 * torch.randn(96, 16, generator=g) + 1
     trainer = SAETrainer(sae, cfg, total_steps=10)
     trainer.tokens_since_fired[:24] = 100  # 24 dead latents: AuxK is on
     expected = dense_reference_grads(sae, x, cfg, trainer.tokens_since_fired > cfg.dead_tokens)
@@ -73,7 +73,7 @@ def test_sparse_gradients_equal_dense_autograd(activation):
 def test_batch_topk_cut_is_exact_even_when_one_row_dominates():
     cfg = TrainConfig(n_latents=256, k=4, activation="batchtopk")
     trainer = SAETrainer(new_sae(8, cfg), cfg, 1)
-    pre = torch.randn(64, 256)
+    pre = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
     for rows_boosted in (0, 1, 3):  # rows holding far more than 2k of the batch's largest values
         boosted = pre.clone()
         boosted[:rows_boosted] += 10.0
@@ -205,7 +205,7 @@ def test_bad_settings_are_named(bad, message):
 
 
 def test_geometric_median_init_resists_outliers():
-    x = torch.randn(512, 8) * 0.1 + 3.0
+    x = torch.randn(512, 8, generator=torch.Generator().manual_seed(2)) * 0.1 + 3.0
     x[:20] += 1000.0  # a few huge outliers drag the mean, not the median
     trainer = SAETrainer(new_sae(8, TrainConfig(n_latents=16, k=2)), TrainConfig(n_latents=16, k=2), 1)
     trainer.init_b_dec(x)

@@ -53,7 +53,7 @@ def comfy_dirs(tmp_path, monkeypatch):
 def test_schemas_build_with_this_comfyui(node):
     schema = node.define_schema()
     assert schema.node_id == node.__name__ and schema.category.startswith("SAE Lab")
-    assert all(getattr(i, "tooltip", None) for i in schema.inputs if i.id not in ("model", "clip", "sae"))
+    assert all(getattr(i, "tooltip", None) for i in schema.inputs if i.id != "sae")
 
 
 def collect(model, **overrides):
