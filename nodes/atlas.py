@@ -31,22 +31,6 @@ def atlas_folder(sae, atlas_name: str) -> Path:
     return atlas_dir_for(sae.source_path)
 
 
-def open_atlas(folder: Path, sae, top_n: int) -> FeatureAtlas:
-    """The atlas in ``folder`` if it belongs to this SAE, else a new one; another SAE's atlas is refused."""
-    meta = {"name": sae.name, "hookpoint": sae.hookpoint, "fingerprint": sae.fingerprint(),
-            "n_latents": sae.n_latents}
-    if not (folder / "index.json").is_file():
-        return FeatureAtlas(sae.n_latents, top_n=top_n, meta=meta)
-    atlas = FeatureAtlas.load(folder)
-    if atlas.meta.get("fingerprint") != meta["fingerprint"]:
-        raise SAEInputError(f"the atlas {folder} was built for another SAE ({atlas.meta.get('name')!r}, "
-                            f"{atlas.meta.get('hookpoint')}); give this one its own atlas_name")
-    if atlas.top_n != top_n:
-        raise SAEInputError(f"the atlas {folder} keeps the top {atlas.top_n} examples per feature, not {top_n}; "
-                            f"set top_n to {atlas.top_n} or use a new atlas_name")
-    return atlas
-
-
 class SAEBuildAtlas(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -91,7 +75,7 @@ class SAEBuildAtlas(io.ComfyNode):
             analysis.check_recorded(recording)
             check_image(recording, image)
             folder = atlas_folder(sae, atlas_name)
-            atlas = open_atlas(folder, sae, top_n)
+            atlas = FeatureAtlas.open_for(folder, sae, top_n)
             batch = analysis.recorded_batch(recording)
             pictures = image.detach().cpu().numpy()
             for item in range(batch):

@@ -94,7 +94,7 @@ class FeatureAtlas:
     # ------------------------------------------------------------- building
     def add(self, example: Example) -> int:
         """Offer one generation; returns its id (whether or not any feature keeps it)."""
-        values, indices = example.code
+        values, indices = example.code[0].detach(), example.code[1].detach()
         if values.ndim != 3 or values.shape != indices.shape:
             raise SAEInputError(f"an example's code must be (h, w, k) values and indices, got "
                                 f"{tuple(values.shape)} and {tuple(indices.shape)}")
@@ -200,6 +200,23 @@ class FeatureAtlas:
             self.labels.pop(feature, None)
 
     # ------------------------------------------------------------- disk
+    @classmethod
+    def open_for(cls, folder: str | Path, sae, top_n: int) -> "FeatureAtlas":
+        """The atlas in ``folder`` if it belongs to ``sae`` (same weight fingerprint), else a new one."""
+        folder = Path(folder)
+        meta = {"name": sae.name, "hookpoint": sae.hookpoint, "fingerprint": sae.fingerprint(),
+                "n_latents": sae.n_latents}
+        if not (folder / "index.json").is_file():
+            return cls(sae.n_latents, top_n=top_n, meta=meta)
+        atlas = cls.load(folder)
+        if atlas.meta.get("fingerprint") != meta["fingerprint"]:
+            raise SAEInputError(f"the atlas {folder} was built for another SAE ({atlas.meta.get('name')!r}, "
+                                f"{atlas.meta.get('hookpoint')}); give this one its own atlas name")
+        if atlas.top_n != top_n:
+            raise SAEInputError(f"the atlas {folder} keeps the top {atlas.top_n} examples per feature, not "
+                                f"{top_n}; use top_n {atlas.top_n} or a new atlas name")
+        return atlas
+
     def save(self, folder: str | Path) -> Path:
         """Write atomically: thumbnails first, then the tables, then the index that points to them."""
         folder = Path(folder)
