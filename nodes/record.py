@@ -20,7 +20,8 @@ from ..sae_core import analysis, feature_views
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.recording import Recording, RecordPatch
 from ..sae_core.render import COLORMAPS, pil_to_array
-from .comfy_glue import SAE, install_block_patch, node_error, resolve_block
+from ..sae_core.atlas import atlas_name_for
+from .comfy_glue import SAE, SAE_FOLDER, install_block_patch, model_folder_paths, node_error, resolve_block
 
 RECORDING = io.Custom("SAE_RECORDING")
 CATEGORY = "SAE Lab/explore"
@@ -185,7 +186,10 @@ class SAETopFeatures(io.ComfyNode):
         except SAEError as exc:
             raise node_error(cls.NODE, exc) from None
         ids = ", ".join(str(f) for f in stats.ids())
-        return io.NodeOutput(table, _image_tensor([chart]), ids, ui=ui.PreviewText(table))
+        # the table shows on the node; the ids link to the SAE Atlas sidebar when this SAE has an atlas
+        atlas = atlas_name_for(getattr(recording, "sae_path", None), model_folder_paths(SAE_FOLDER)) or ""
+        shown = {"text": (table,), "sae_lab_features": stats.ids(), "sae_lab_atlas": (atlas,)}
+        return io.NodeOutput(table, _image_tensor([chart]), ids, ui=shown)
 
 
 class SAEFeatureHeatmap(io.ComfyNode):

@@ -303,6 +303,18 @@ def resolve_atlas_name(name: str, roots: list[str | Path]) -> Path:
     raise SAEInputError(f"no atlas named {name!r} in {', '.join(str(r) for r in roots)}")
 
 
+def atlas_name_for(sae_path: str | Path | None, roots: list[str | Path]) -> str | None:
+    """The browser's name of the atlas beside an SAE (relative to the model folder holding it), if one exists."""
+    if not sae_path:
+        return None
+    folder = Path(os.path.normpath(os.path.abspath(atlas_dir_for(sae_path))))
+    for root in roots:
+        root_path = Path(os.path.normpath(os.path.abspath(root)))
+        if folder.is_relative_to(root_path) and (folder / "index.json").is_file():
+            return folder.relative_to(root_path).as_posix()
+    return None
+
+
 def list_atlases(roots: list[str | Path], max_depth: int = 4) -> list[dict]:
     """Every atlas under the model folders, with what the browser's picker shows."""
     found = []

@@ -72,6 +72,7 @@ class Recording:
         self.keep = keep or sae.k or min(DENSE_SAE_KEEP, sae.n_latents)
         self.block = block
         self.sae_description = sae.describe()
+        self.sae_path = sae.source_path  # lets readers find the SAE's feature atlas
         self.index_dtype = torch.int16 if sae.n_latents <= torch.iinfo(torch.int16).max else torch.int32
         self.run: Run | None = None
         self._runs_started = 0

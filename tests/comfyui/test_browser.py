@@ -129,3 +129,20 @@ def test_use_without_a_selected_steer_node_says_what_to_do(page):
     page.click("[data-testid=sae-use-feature]")
     message = page.locator("[data-testid=sae-message]").text_content()
     assert "Select an \"SAE Feature Steer\" node" in message
+
+
+def test_top_features_show_their_table_and_link_into_the_atlas(page):
+    page.evaluate("() => app.extensionManager.sidebarTab.activeSidebarTabId === 'sae-lab-atlas' && "
+                  "app.extensionManager.sidebarTab.toggleSidebarTab('sae-lab-atlas')")
+    node_id = page.evaluate("""() => {
+        const node = LiteGraph.createNode("SAETopFeatures");
+        app.graph.add(node);
+        node.onExecuted({text: ["rank  feature  mean", "   1       5  4.50"], sae_lab_features: [5, 11],
+                         sae_lab_atlas: ["tiny.atlas"]});
+        return node.id;
+    }""")
+    assert "feature  mean" in page.locator("[data-testid=sae-node-text]").text_content()
+    page.locator("[data-testid=sae-feature-links] a[data-feature='11']").click()
+    page.wait_for_function("() => document.querySelector('.sae-lab-panel h3')?.textContent.startsWith('Feature #11')")
+    assert page.evaluate("() => app.extensionManager.sidebarTab.activeSidebarTabId") == "sae-lab-atlas"
+    assert node_id is not None

@@ -47,7 +47,8 @@ def steer(model, sae, features, mode="add", strength=10.0, **kwargs):
 def top(recording, latent, **kwargs):
     out = SAETopFeatures.execute(recording, latent={"samples": latent}, **kwargs)
     table, chart, ids = out.result
-    assert out.ui.as_dict()["text"] == (table,)
+    shown = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
+    assert shown["text"] == (table,) and shown["sae_lab_features"] == [int(i) for i in ids.split(", ")]
     return table, chart, [int(i) for i in ids.split(", ")]
 
 

@@ -177,10 +177,14 @@ async function refresh() {
 async function openFeature(atlas, id) {
   if (atlas) state.atlas = atlas;
   state.detail = Number(id);
+  const tabs = app.extensionManager?.sidebarTab;
+  if (tabs && tabs.activeSidebarTabId !== TAB_ID) {
+    tabs.toggleSidebarTab(TAB_ID); // renders the panel, which shows state.detail
+    return;
+  }
   const select = state.root?.querySelector("select.sae-atlas");
   if (select) select.value = state.atlas;
-  if (state.root) await refresh();
-  else app.extensionManager?.sidebarTab?.toggleSidebarTab?.(TAB_ID);
+  await refresh();
 }
 
 async function renderPanel(root) {
