@@ -1,4 +1,5 @@
-"""Cost of SAeUron unlearning and of profile recording on one sampling step of the full-size SD1.5 U-Net.
+"""Cost of SAeUron unlearning and of profile recording, at the block and on one sampling step of the
+full-size SD1.5 U-Net.
 
 Random fp32 weights, built with ComfyUI's own classes (needs COMFYUI_PATH); 512x512, cfg 7.5 (batch of
 two passes), one euler step, at SAeUron's style block up.1.2 with an SAE of the paper's shape
@@ -7,8 +8,10 @@ two passes), one euler step, at SAeUron's style block up.1.2 with an SAE of the 
 - unlearn, editing: thresholds below every activation, so the full edit runs at every position
   (the paper's percentile 99.999 selects 1 feature per step; this run forces 3);
 - recording: the patch SAE Concept Profile installs (encode + position-average).
+First the block alone (its forward vs forward + patch, many interleaved repeats: tight ratios), then
+whole sampling steps (``--step-repeats 0`` skips them; on a busy CPU their spread hides a few percent).
 
-    COMFYUI_PATH=/path/to/ComfyUI python bench/unlearn_overhead.py [--repeats 3]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/unlearn_overhead.py [--repeats 20] [--step-repeats 3]
 """
 from __future__ import annotations
 
@@ -45,12 +48,14 @@ def full_sd15():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20, help="block-level repeats")
+    parser.add_argument("--step-repeats", type=int, default=3, help="whole-step repeats (0: skip)")
     args = parser.parse_args()
     setup_comfy()
     import nodes
     from sae_lab_pack.nodes.comfy_glue import install_block_patch, model_block_layout
     from sae_lab_pack.sae_core import SparseAutoencoder
+    from sae_lab_pack.sae_core.block_call import CallContext
     from sae_lab_pack.sae_core.concept_profile import LatentRecorder
     from sae_lab_pack.sae_core.unlearn import ConceptSelection, StepSelection, UnlearnPatch
 
@@ -70,10 +75,43 @@ def main() -> None:
         return UnlearnPatch(sae, [ConceptSelection(_Profile(), 99.999, -1.0, (step,))])
 
     recorder = LatentRecorder(sae)
-    variants = {"unpatched": model,
-                "unlearn, idle": install_block_patch(model, block, unlearn(1e30), "bench"),
-                "unlearn, editing": install_block_patch(model, block, unlearn(-1.0), "bench"),
-                "recording": install_block_patch(model, block, recorder, "bench")}
+    patches = {"unlearn, idle": unlearn(1e30), "unlearn, editing": unlearn(-1.0), "recording": recorder}
+
+    # ---- the block alone: SAeUron's up.1.2 at 512 px (16 x 16 positions), both CFG passes
+    module = model.model.diffusion_model.get_submodule(block.comfy)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1280, 16, 16, generator=g)
+    context = torch.randn(2, 77, 768, generator=g)
+    ctx = CallContext((0, 1), 14.6, (14.6, 0.0))
+    with torch.inference_mode():
+        y = module(x, context=context, transformer_options={})
+
+        def block_time(patch) -> float:
+            start = time.perf_counter()
+            out = module(x, context=context, transformer_options={})
+            if patch is not None:
+                patch(x, out, ctx)
+            return time.perf_counter() - start
+
+        block_time(None)
+        for p in patches.values():
+            p(x, y, ctx)  # warm-up
+        block_times: dict[str, list[float]] = {"block forward": [], **{name: [] for name in patches}}
+        for _ in range(args.repeats):
+            block_times["block forward"].append(block_time(None))
+            for name, p in patches.items():
+                block_times[name].append(block_time(p))
+    block_base = statistics.median(block_times["block forward"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5 up.1.2 block, 2 x 16 x 16 positions; "
+          f"SAE 1280 -> 20480, k 32; median of {args.repeats}")
+    for name, values in block_times.items():
+        median = statistics.median(values)
+        print(f"{name:18} {median * 1000:8.1f} ms  block ratio {median / block_base:.3f}")
+    if args.step_repeats <= 0:
+        return
+
+    variants = {"unpatched": model, **{name: install_block_patch(model, block, p, "bench")
+                                       for name, p in patches.items()}}
     g = torch.Generator().manual_seed(0)
     positive = [[torch.randn(1, 77, 768, generator=g), {}]]
     negative = [[torch.zeros(1, 77, 768), {}]]
@@ -86,7 +124,7 @@ def main() -> None:
 
     step(model)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
+    for _ in range(args.step_repeats):
         for name, m in variants.items():
             times[name].append(step(m))
     base = statistics.median(times["unpatched"])

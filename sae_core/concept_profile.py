@@ -111,6 +111,9 @@ class ConceptProfile:
                                 f"{tuple(self.target_mean.shape)} and {tuple(self.other_mean.shape)}")
         if len(self.sigmas) != self.target_mean.shape[0]:
             raise SAEInputError(f"{len(self.sigmas)} sigmas for {self.target_mean.shape[0]} steps")
+        if diffusers_name(self.block) != self.block:
+            raise SAEInputError(f"block {self.block!r} is not a diffusers transformer-block name "
+                                f"(e.g. up_blocks.1.attentions.2)")
         if self.n_target < 1 or self.n_other < 1:
             raise SAEInputError(f"a profile needs target and other prompts, got {self.n_target} and {self.n_other}")
 

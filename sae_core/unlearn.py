@@ -131,39 +131,46 @@ def match_step(profile_sigmas: Sequence[float], sigma: float | None, step: int |
 
 # ---------------------------------------------------------------------- the edit
 class _Table:
-    """Selected entries of all concepts for one combination of profile steps, in the caller's dtype."""
+    """Selected entries of all concepts for one combination of profile steps, cast to the caller's dtype.
+
+    Also holds the encoder rows of the selected features: their pre-activations bound their activations
+    (``z_f <= max(pre_f, 0)`` for TopK, ReLU and JumpReLU SAEs), so positions where no selected feature's
+    pre-activation reaches its threshold cannot be edited and skip the full SAE encode.
+    """
 
     def __init__(self, sae: SparseAutoencoder, entries: list[StepSelection]):
         feats = torch.cat([e.features for e in entries]) if entries else torch.zeros(0, dtype=torch.long)
         self.size = int(feats.numel())
         self.unique, self.entry_to_unique = torch.unique(feats, return_inverse=True)
-        self.features = feats
-        self.thresholds = torch.cat([e.thresholds for e in entries]) if entries else torch.zeros(0)
-        self.scales = torch.cat([e.scales for e in entries]) if entries else torch.zeros(0)
+        self.thresholds = torch.cat([e.thresholds for e in entries]).float() if entries else torch.zeros(0)
+        self.scales = torch.cat([e.scales for e in entries]).float() if entries else torch.zeros(0)
         same = feats[:, None] == feats[None, :]
         earlier = torch.ones(self.size, self.size, dtype=torch.bool).tril(-1)
         self.blockers = (same & earlier).float()  # [e, e'] = 1 when e' < e edits the same feature
         self.has_overlap = bool(self.blockers.any())
-        self.directions = sae.W_dec.detach()[feats].float().cpu() if self.size else None
+        self.prefilter = self.size > 0 and bool((self.thresholds >= 0).all())
+        w = {name: getattr(sae, name).detach().float().cpu() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        self.directions = w["W_dec"][feats]
+        self.enc_rows, self.enc_bias, self.b_dec = w["W_enc"][self.unique], w["b_enc"][self.unique], w["b_dec"]
         self._cast: dict[tuple, tuple] = {}
 
-    def tensors(self, like: Tensor):
+    def tensors(self, like: Tensor) -> tuple:
         key = (like.device, like.dtype)
         if key not in self._cast:
-            self._cast[key] = tuple(t.to(like.device, like.dtype) for t in
-                                    (self.thresholds, self.scales, self.directions, self.blockers)) + (
+            floats = (self.thresholds, self.scales, self.directions, self.blockers, self.enc_rows, self.enc_bias,
+                      self.b_dec)
+            self._cast[key] = tuple(t.to(like.device, like.dtype) for t in floats) + (
                 self.unique.to(like.device), self.entry_to_unique.to(like.device))
         return self._cast[key]
 
 
-def edit_coefficients(z: Tensor, thr: Tensor, scales: Tensor, rows: Tensor,
-                      blockers: Tensor | None = None) -> Tensor:
-    """``z'_f - z_f`` per entry: (N, h, w, E) for activations z (N, h, w, E) of the entries' features.
+def edit_coefficients(z: Tensor, thr: Tensor, scales: Tensor, blockers: Tensor | None = None) -> Tensor:
+    """``z'_f - z_f`` per entry, (..., E), for the activations z (..., E) of the entries' features.
 
-    An entry edits where its feature exceeds its threshold on a selected row; with overlapping
-    entries (``blockers[e, e']`` = 1 when an earlier e' has the same feature) only the first firing one does.
+    An entry edits where its feature exceeds its threshold; with overlapping entries (``blockers[e, e']`` = 1
+    when an earlier e' has the same feature) only the first one that fires does.
     """
-    fire = (z > thr) & rows[:, None, None, None]
+    fire = z > thr
     if blockers is not None:
         blocked = (fire.to(blockers.dtype) @ blockers.t()) > 0
         fire = fire & ~blocked
@@ -172,6 +179,8 @@ def edit_coefficients(z: Tensor, thr: Tensor, scales: Tensor, rows: Tensor,
 
 class UnlearnPatch:
     """The per-call edit of SAEUnlearnConcept on one block: ``y + sum_f (z'_f - z_f) d_f``."""
+
+    PREFILTER_MARGIN = 1e-2  # relative slack of the cheap pre-activation bound (rounding differs from the full encode)
 
     def __init__(self, sae: SparseAutoencoder, selections: list[ConceptSelection], window: StepWindow = StepWindow(),
                  passes: str = "both"):
@@ -185,6 +194,7 @@ class UnlearnPatch:
         self.passes = passes
         self._tables: dict[tuple[int, ...], _Table] = {}
         self.edited_positions = 0  # running count, for tests and diagnostics
+        self.encoded_positions = 0  # positions that needed the full SAE encode
 
     def steps_for(self, ctx: CallContext) -> tuple[int, ...]:
         return tuple(match_step(s.profile.sigmas, ctx.sigma, ctx.step, ctx.n_steps) for s in self.selections)
@@ -207,13 +217,26 @@ class UnlearnPatch:
         if not bool(rows.any()):
             return y_out
         u = sae_input(x_in, y_out, self.sae.input_kind)
-        thr, scales, directions, blockers, unique, entry_to_unique = table.tensors(u)
+        thr, scales, directions, blockers, enc_rows, enc_bias, b_dec, unique, entry_to_unique = table.tensors(u)
         us, norm = self.sae.standardize(u)
-        z = self.sae.feature_activations(us, unique, standardized=True)[..., entry_to_unique]
-        coeff = edit_coefficients(z, thr, scales, rows.to(u.device), blockers if table.has_overlap else None)
-        changed = coeff != 0
+        candidates = rows.to(u.device)[:, None, None].expand(us.shape[:-1])
+        if table.prefilter:
+            pre = ((us - b_dec) @ enc_rows.t() + enc_bias)[..., entry_to_unique]  # (N, h, w, E)
+            reach = pre > thr - self.PREFILTER_MARGIN * (thr.abs() + pre.abs())
+            candidates = candidates & reach.any(dim=-1)
+        if not bool(candidates.any()):
+            return y_out
+        picked = us[candidates]  # (P, C): only positions that may fire get the full (top-k) encode
+        self.encoded_positions += picked.shape[0]
+        z = self.sae.feature_activations(picked, unique, standardized=True)[..., entry_to_unique]
+        coeff = edit_coefficients(z, thr, scales, blockers if table.has_overlap else None)
+        changed = (coeff != 0).any(dim=-1)
         if not bool(changed.any()):
             return y_out
-        self.edited_positions += int(changed.any(dim=-1).sum())
-        du = norm.undo_delta(coeff @ directions)
-        return y_out + from_tokens(du)
+        self.edited_positions += int(changed.sum())
+        du = coeff @ directions  # (P, C)
+        if norm.scale is not None:
+            du = du * norm.scale[candidates]
+        delta = torch.zeros_like(u)
+        delta[candidates] = du
+        return y_out + from_tokens(delta)

@@ -208,9 +208,23 @@ def test_two_concepts_combine_and_overlapping_features_edit_once():
 
 
 def test_edit_coefficients_formula():
-    z = torch.tensor([[[[2.0, 0.5]]]])
-    coeff = edit_coefficients(z, torch.tensor([1.0, 1.0]), torch.tensor([-4.0, -4.0]), torch.tensor([True]))
-    assert coeff.tolist() == [[[[2.0 * (-4.0 - 1.0), 0.0]]]]
+    z = torch.tensor([[2.0, 0.5]])
+    coeff = edit_coefficients(z, torch.tensor([1.0, 1.0]), torch.tensor([-4.0, -4.0]))
+    assert coeff.tolist() == [[2.0 * (-4.0 - 1.0), 0.0]]
+
+
+def test_only_positions_that_can_fire_are_fully_encoded():
+    """The selected features' pre-activations bound their activations: the full top-k encode is skipped elsewhere."""
+    sae = identity_sae()
+    x, y = hand_block()
+    patch = UnlearnPatch(sae, [manual_selection(sae, [0], [0.5], [-2.0])])
+    out = patch(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    assert patch.encoded_positions == 1 and patch.edited_positions == 1  # pos1 (0.4) and pos2 (0.3) skipped
+    assert torch.equal(out[..., 1:], y[..., 1:])
+    negative = UnlearnPatch(sae, [manual_selection(sae, [0], [-1.0], [-2.0])])  # no bound: every position
+    out = negative(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    assert negative.encoded_positions == 3 and negative.edited_positions == 2  # pos2: f0 not in the top k
+    assert out[0, 0, 0, 1] == pytest.approx(0.4 * -2.0) and torch.equal(out[..., 2], y[..., 2])
 
 
 # ---------------------------------------------------------------------- step matching
@@ -314,6 +328,22 @@ def test_loading_something_that_is_not_a_profile_fails_clearly(tmp_path):
     save_sae(identity_sae(), tmp_path / "an_sae.safetensors")
     with pytest.raises(SAEFormatError, match="is not a concept profile"):
         ConceptProfile.load(tmp_path / "an_sae.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    good = make_profile(torch.rand(2, 6), torch.rand(2, 6)).save(tmp_path / "good.safetensors")
+    ConceptProfile.load(good)  # readable as written
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    save_file(load_file(str(good)), str(tmp_path / "bad_block.safetensors"), metadata={**metadata, "block": "up.9"})
+    with pytest.raises(SAEFormatError, match="inconsistent.*not a diffusers transformer-block name"):
+        ConceptProfile.load(tmp_path / "bad_block.safetensors")
+    tensors = load_file(str(good))
+    tensors["sigmas"] = tensors["sigmas"][:1]
+    save_file(tensors, str(tmp_path / "bad_sigmas.safetensors"), metadata=metadata)
+    with pytest.raises(SAEFormatError, match="inconsistent.*1 sigmas for 2 steps"):
+        ConceptProfile.load(tmp_path / "bad_sigmas.safetensors")
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(SAEFormatError, match="cannot be read"):
         ConceptProfile.load(tmp_path / "broken.safetensors")
@@ -379,3 +409,19 @@ def test_preview_chart_colours_selected_cells_only():
     empty_img, (empty_panel,) = selection_chart([select_concept(make_profile(torch.ones(2, 8), torch.ones(2, 8)),
                                                                percentile=50.0)])
     assert empty_panel.features == [] and empty_img.size[1] > 20
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_concept_prints_the_selection_and_writes_the_chart(tmp_path, capsys):
+    from PIL import Image
+
+    from sae_core.cli import main
+
+    sel = preview_selection()
+    path = sel.profile.save(tmp_path / "style.safetensors")
+    assert main(["concept", str(path), "--percentile", "97", "--chart", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert "feature 7: steps 0-1" in out and "percentile 97, multiplier -1" in out
+    assert Image.open(tmp_path / "c.png").size[0] == 720
+    assert main(["concept", str(path), "--percentile", "100"]) == 2
+    assert "outside (0, 100)" in capsys.readouterr().err
