@@ -95,10 +95,11 @@ def record_profile(model, clip, sae, block: Block, target: list[str], other: lis
             check_cancel()
             latent = torch.zeros(len(batch), 4, height // 8, width // 8)
             latent = comfy.sample.fix_empty_latent_channels(patched, latent)
-            noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed + i) for i in batch])
+            seeds = [(seed + i) % 2 ** 64 for i in batch]
+            noise = torch.cat([comfy.sample.prepare_noise(latent[:1], s) for s in seeds])
             positive = stack_conditionings([conditionings[i] for i in batch])
             comfy.sample.sample(patched, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
-                                denoise=1.0, callback=check_cancel, disable_pbar=True, seed=seed + batch[0])
+                                denoise=1.0, callback=check_cancel, disable_pbar=True, seed=seeds[0])
             progress.update(len(batch))
     family = type(getattr(model.model, "model_config", model.model)).__name__
     sampling = {"steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": scheduler, "seed": seed,

@@ -198,8 +198,9 @@ def concept_path(name: str) -> Path:
         candidate = Path(root) / name
         if candidate.is_file():
             return candidate
-    raise SAEInputError(f"{name!r} is not in any {CONCEPT_FOLDER} folder ({', '.join(model_folder_paths(CONCEPT_FOLDER))})"
-                        f"; refresh the node list or pick another concept")
+    folders = ", ".join(model_folder_paths(CONCEPT_FOLDER))
+    raise SAEInputError(f"{name!r} is not in any {CONCEPT_FOLDER} folder ({folders}); refresh the node list or pick "
+                        f"another concept")
 
 
 def save_target(name: str) -> Path:

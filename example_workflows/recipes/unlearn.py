@@ -14,7 +14,7 @@ SPECS.update({
 })
 
 SAEURON_REPO = "bcywinski/SAeUron"
-SUBJECTS = ["a dog", "a house by a lake", "a bowl of fruit", "a city street"]
+SUBJECTS = ["a dog", "a house by a lake", "a bowl of fruit"]
 
 
 def _lines(template: str, subjects=SUBJECTS) -> str:
@@ -29,7 +29,7 @@ def sd15_style_unlearning() -> dict:
                 title="SAeUron style SAE (up.1.2)")
     target = _lines("A painting of {} in Van Gogh style.")
     others = "\n".join(template.format(s) for template, s in zip(
-        ["A painting of {} in Monet style.", "A photo of {}.", "A watercolor of {}.", "A pencil sketch of {}."],
+        ["A painting of {} in Monet style.", "A photo of {}.", "A pencil sketch of {}."],
         SUBJECTS))
     profile = g.add("SAEConceptProfile", [target, others, "van gogh", "", 3, 7.5, "euler", "normal", 0, 256, 256, 4],
                     pos=(0, 330), size=(420, 520), title="Concept profile: Van Gogh style",
@@ -44,8 +44,8 @@ def sd15_style_unlearning() -> dict:
                 size=(400, 130), title="Positive", clip=(ckpt, 1))
     neg = g.add("CLIPTextEncode", ["blurry, low quality"], pos=(840, 170), size=(400, 100), title="Negative",
                 clip=(ckpt, 1))
-    latent = g.add("EmptyLatentImage", [512, 512, 1], pos=(840, 310), size=(320, 110))
-    common = dict(steps=6, cfg=7.0, sampler="dpmpp_2m", scheduler="karras", seed=7)
+    latent = g.add("EmptyLatentImage", [512, 384, 1], pos=(840, 310), size=(320, 110))
+    common = dict(steps=5, cfg=7.0, sampler="dpmpp_2m", scheduler="karras", seed=7)
     sample_and_save(g, (unlearn, 0), pos, neg, latent, ckpt, "saeuron_unlearned", x=1280, **common)
     g.add("Note", [
         "Concept unlearning with SAeUron: the style is removed by suppressing the few SAE features that are "
@@ -54,12 +54,13 @@ def sd15_style_unlearning() -> dict:
         "show the same subjects without it (other styles, photos). The profile node samples every prompt and records "
         "how much each SAE feature fires at each step. It runs once (cached) and SAE Save Concept keeps it in "
         "models/sae_concepts, so next time use SAE Load Concept instead.\n"
-        "Real-world settings: 10-20 prompts per set, steps 50 (as the paper), 512 x 512, cfg 7.5. The tiny values "
-        "here keep the example fast.\n\n"
+        "Real-world settings: 10-20 prompts per set, 20-50 steps (the paper records 50), 512 x 512 and the cfg you "
+        "generate with; and 20-30 steps in the KSampler. The small values here only keep the example quick.\n\n"
         "2. Tune the unlearning. percentile 99.999 + multiplier -1 are the paper's style settings (1-3 features per "
         "step). If the style survives, lower the percentile (99.99, 99.95) or make the multiplier more negative; if "
         "other content suffers, raise the percentile. The chart shows which features are suppressed at which steps.\n\n"
-        "3. Compare with the same seed: connect the KSampler's model to the checkpoint to see the original. The paper's "
+        "3. Compare with the same seed: connect the KSampler's model to the checkpoint to see the original. "
+        "The paper's "
         "SAE was trained on the UnlearnCanvas fine-tune of SD1.5; base SD1.5 works, with weaker features."],
         pos=(1280, 600), size=(460, 520))
     return g.to_json()
@@ -84,7 +85,8 @@ def sdxl_turbo_object_suppression() -> dict:
     sample_and_save(g, (unlearn, 0), pos, neg, latent, ckpt, "sae_object_suppressed")
     sample_and_save(g, (ckpt, 0), pos, neg, latent, ckpt, "sae_object_original", x=2080)
     g.add("Note", [
-        "Object suppression on SDXL Turbo with the paper's down.2.1 SAE (the composition block), using SAeUron's rule.\n\n"
+        "Object suppression on SDXL Turbo with the paper's down.2.1 SAE (the composition block), using SAeUron's "
+        "rule.\n\n"
         "The profile samples the target prompts (showing a dog) and the other prompts (same scenes, other subjects) "
         "with SDXL Turbo's settings (1 step, cfg 1) and keeps the SAE features most specific to dogs, per step. "
         "SAE Unlearn Concept scales those features down wherever they fire above their threshold; the rest of the "
