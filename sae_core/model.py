@@ -52,6 +52,14 @@ class Standardization:
         return dy if self.scale is None else dy * self.scale
 
 
+def _version(t: Tensor) -> int | None:
+    """In-place version of a tensor; None for inference tensors (an SAE loaded inside a ComfyUI node)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 class _Weights(NamedTuple):
     W_enc: Tensor
     b_enc: Tensor
@@ -208,7 +216,7 @@ class SparseAutoencoder(nn.Module):
         own = _Weights(self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold)
         if self.W_enc.device == like.device and self.W_enc.dtype == like.dtype:
             return own
-        stamp = tuple((t._version, t.data_ptr()) for t in own if t is not None)
+        stamp = tuple((_version(t), t.data_ptr()) for t in own if t is not None)
         key = (like.device, like.dtype)
         hit = self._cast_cache.get(key)
         if hit is not None and hit[0] == stamp:

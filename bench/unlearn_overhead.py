@@ -1,0 +1,139 @@
+"""Cost of SAeUron unlearning and of profile recording, at the block and on one sampling step of the
+full-size SD1.5 U-Net.
+
+Random fp32 weights, built with ComfyUI's own classes (needs COMFYUI_PATH); 512x512, cfg 7.5 (batch of
+two passes), one euler step, at SAeUron's style block up.1.2 with an SAE of the paper's shape
+(1280 -> 20480, k 32). Variants, interleaved, median reported as a ratio to the unpatched step:
+- unlearn, idle: a profile whose thresholds are never reached (encode, compare, return y unchanged);
+- unlearn, editing: thresholds below every activation, so the full edit runs at every position
+  (the paper's percentile 99.999 selects 1 feature per step; this run forces 3);
+- recording: the patch SAE Concept Profile installs (encode + position-average).
+First the block alone (its forward vs forward + patch, many interleaved repeats: tight ratios), then
+whole sampling steps (``--step-repeats 0`` skips them; on a busy CPU their spread hides a few percent).
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/unlearn_overhead.py [--repeats 20] [--step-repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from comfy_setup import setup_comfy
+
+SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "adm_in_channels": None, "dtype": torch.float32, "in_channels": 4,
+             "model_channels": 320, "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+             "context_dim": 768, "num_heads": 8, "use_temporal_attention": False, "use_temporal_resblock": False,
+             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+HOOK = "unet.up_blocks.1.attentions.2"
+
+
+def full_sd15():
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(SD15_UNET))
+    model = config.get_model({}, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / max(p[0].numel(), 1) ** 0.5 if p.ndim >= 2 else
+                    torch.ones_like(p) * 0.01)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=20, help="block-level repeats")
+    parser.add_argument("--step-repeats", type=int, default=3, help="whole-step repeats (0: skip)")
+    args = parser.parse_args()
+    setup_comfy()
+    import nodes
+    from sae_lab_pack.nodes.comfy_glue import install_block_patch, model_block_layout
+    from sae_lab_pack.sae_core import SparseAutoencoder
+    from sae_lab_pack.sae_core.block_call import CallContext
+    from sae_lab_pack.sae_core.concept_profile import LatentRecorder
+    from sae_lab_pack.sae_core.unlearn import ConceptSelection, StepSelection, UnlearnPatch
+
+    model = full_sd15()
+    sae = SparseAutoencoder(1280, 20480, 32, hookpoint=HOOK, input_kind="output")
+    block = model_block_layout(model).resolve(HOOK)
+    features = torch.tensor([11, 4096, 20000])
+
+    def unlearn(threshold: float):
+        step = StepSelection(features, torch.ones(3, dtype=torch.float64), torch.full((3,), threshold),
+                             torch.full((3,), -1.0))
+
+        class _Profile:  # only sigmas are read by the patch
+            sigmas = (14.6,)
+            name = "bench"
+
+        return UnlearnPatch(sae, [ConceptSelection(_Profile(), 99.999, -1.0, (step,))])
+
+    recorder = LatentRecorder(sae)
+    patches = {"unlearn, idle": unlearn(1e30), "unlearn, editing": unlearn(-1.0), "recording": recorder}
+
+    # ---- the block alone: SAeUron's up.1.2 at 512 px (16 x 16 positions), both CFG passes
+    module = model.model.diffusion_model.get_submodule(block.comfy)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1280, 16, 16, generator=g)
+    context = torch.randn(2, 77, 768, generator=g)
+    ctx = CallContext((0, 1), 14.6, (14.6, 0.0))
+    with torch.inference_mode():
+        y = module(x, context=context, transformer_options={})
+
+        def block_time(patch) -> float:
+            start = time.perf_counter()
+            out = module(x, context=context, transformer_options={})
+            if patch is not None:
+                patch(x, out, ctx)
+            return time.perf_counter() - start
+
+        block_time(None)
+        for p in patches.values():
+            p(x, y, ctx)  # warm-up
+        block_times: dict[str, list[float]] = {"block forward": [], **{name: [] for name in patches}}
+        for _ in range(args.repeats):
+            block_times["block forward"].append(block_time(None))
+            for name, p in patches.items():
+                block_times[name].append(block_time(p))
+    block_base = statistics.median(block_times["block forward"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5 up.1.2 block, 2 x 16 x 16 positions; "
+          f"SAE 1280 -> 20480, k 32; median of {args.repeats}")
+    for name, values in block_times.items():
+        median = statistics.median(values)
+        print(f"{name:18} {median * 1000:8.1f} ms  block ratio {median / block_base:.3f}")
+    if args.step_repeats <= 0:
+        return
+
+    variants = {"unpatched": model, **{name: install_block_patch(model, block, p, "bench")
+                                       for name, p in patches.items()}}
+    g = torch.Generator().manual_seed(0)
+    positive = [[torch.randn(1, 77, 768, generator=g), {}]]
+    negative = [[torch.zeros(1, 77, 768), {}]]
+    latent = {"samples": torch.zeros(1, 4, 64, 64)}
+
+    def step(m) -> float:
+        start = time.perf_counter()
+        nodes.common_ksampler(m, 0, 1, 7.5, "euler", "normal", positive, negative, latent)
+        return time.perf_counter() - start
+
+    step(model)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.step_repeats):
+        for name, m in variants.items():
+            times[name].append(step(m))
+    base = statistics.median(times["unpatched"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one SD1.5 step at 512x512, cfg 7.5; "
+          f"SAE 1280 -> 20480, k 32 at up.1.2")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:18} {median:8.2f} s   ratio {median / base:.3f}   (runs: {', '.join(f'{v:.2f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""SAeUron concept unlearning: record a concept profile, suppress its SAE features, save and load profiles."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import comfy.samplers
+from comfy_api.latest import io, ui
+
+from ..sae_core.blocks import short_code
+from ..sae_core.concept_profile import ConceptProfile, check_prompt_sets, parse_prompts
+from ..sae_core.errors import SAEError, SAEInputError
+from ..sae_core.unlearn import (DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, UNLEARN_PASSES, UnlearnPatch,
+                                select_concept)
+from ..sae_core.unlearn_preview import selection_chart, selection_report
+from .comfy_glue import (SAE, install_block_patch, model_folder_paths, node_error, register_model_folder,
+                         resolve_block, step_window)
+from .concept_sampling import record_profile
+
+CONCEPT = io.Custom("SAE_CONCEPT")
+CONCEPT_FOLDER = "sae_concepts"
+NONE = "none"
+EXTRA_CONCEPTS = ("concept_2", "concept_3", "concept_4")
+
+register_model_folder(CONCEPT_FOLDER, {".safetensors"})
+
+
+def chart_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def preview(selections) -> tuple[str, torch.Tensor]:
+    image, _ = selection_chart(selections)
+    return selection_report(selections), chart_tensor(image)
+
+
+PERCENTILE_HELP = ("Keep the features whose score is above this percentile of all scores, per step. 99.999 (the "
+                   "paper's choice for styles) keeps 1-3 features of a 20480-latent SAE; objects use 99.99-99.999. "
+                   "Lower keeps more features: stronger, less specific unlearning.")
+MULTIPLIER_HELP = ("Where a selected feature fires above its threshold it is multiplied by (its mean activation on "
+                   "the concept x multiplier). -1 for styles (paper); objects need -1 to -30. 0 removes it.")
+
+
+class SAEConceptProfile(io.ComfyNode):
+    NODE = "SAE Concept Profile"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAEConceptProfile",
+            display_name=cls.NODE,
+            category="SAE Lab/unlearning",
+            description=(
+                "Samples every target prompt (showing the concept to unlearn) and every other prompt (the contrast "
+                "set) with ComfyUI's sampler, and records at every step how strongly each SAE feature fires in the "
+                "SAE's block, averaged over positions (SAeUron). The result feeds SAE Unlearn Concept; save it "
+                "with SAE Save Concept to compute it only once."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip", tooltip="The text encoder of the model (as for CLIP Text Encode)."),
+                SAE.Input("sae"),
+                io.String.Input("target_prompts", multiline=True, default="a painting in the style of van gogh",
+                                tooltip="Prompts showing the concept, one per line. Vary the subjects so only the "
+                                        "concept is common to them."),
+                io.String.Input("other_prompts", multiline=True, default="a photo of a house",
+                                tooltip="The contrast set, one per line: other styles or objects, ideally the same "
+                                        "subjects as the target prompts without the concept."),
+                io.String.Input("name", default="concept", tooltip="A name for the concept, shown in previews."),
+                io.String.Input("block", default="", tooltip="Leave empty to use the block the SAE was trained on "
+                                                             "(e.g. up.1.2 for SAeUron's style SAE)."),
+                io.Int.Input("steps", default=20, min=1, max=200,
+                             tooltip="Sampling steps while recording. The profile applies to runs with any number of "
+                                     "steps (matched by noise level); SAeUron records 50."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="CFG while recording (only the positive pass is recorded). Use the cfg you "
+                                       "generate with: 7.5 for SD1.5, 1.0 for SDXL Turbo."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                               tooltip="Sampler used while recording."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
+                               tooltip="Scheduler used while recording."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                             tooltip="Prompt i of each set uses the noise of seed + i, so both sets start from the "
+                                     "same noises."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Image width while recording."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height while recording."),
+                io.Int.Input("batch_size", default=4, min=1, max=64,
+                             tooltip="Prompts sampled together in one sampler call (more is faster, needs more "
+                                     "memory)."),
+            ],
+            outputs=[
+                CONCEPT.Output(display_name="concept", tooltip="The concept profile, for SAE Unlearn Concept."),
+                io.String.Output(display_name="preview",
+                                 tooltip=f"Features selected at the paper's defaults (percentile "
+                                         f"{DEFAULT_PERCENTILE}, multiplier {DEFAULT_MULTIPLIER:g}), step by step."),
+                io.Image.Output(display_name="chart", tooltip="Selected features (rows) by step (columns), "
+                                                              "coloured by score."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, sae, target_prompts: str, other_prompts: str, name: str = "concept",
+                block: str = "", steps: int = 20, cfg: float = 7.5, sampler_name: str = "euler",
+                scheduler: str = "normal", seed: int = 0, width: int = 512, height: int = 512,
+                batch_size: int = 4) -> io.NodeOutput:
+        try:
+            target = parse_prompts(target_prompts, "target")
+            other = parse_prompts(other_prompts, "other")
+            check_prompt_sets(target, other)
+            where = resolve_block(model, sae, block)
+            profile = record_profile(model, clip, sae, where, target, other, name=(name or "").strip() or "concept",
+                                     steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler, seed=seed,
+                                     width=width, height=height, batch_size=batch_size, label=cls.NODE)
+            text, chart = preview([select_concept(profile)])
+        except SAEError as exc:
+            raise node_error(cls.NODE, exc) from None
+        return io.NodeOutput(profile, text, chart, ui=ui.PreviewText(text))
+
+
+class SAEUnlearnConcept(io.ComfyNode):
+    NODE = "SAE Unlearn Concept"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAEUnlearnConcept",
+            display_name=cls.NODE,
+            category="SAE Lab/unlearning",
+            description=(
+                "SAeUron concept unlearning: at every step, the SAE features most specific to the concept (by the "
+                "profile's scores) are scaled down wherever they fire above their threshold. Only those features' "
+                "decoded contributions change and the SAE's error is kept, so the rest of the block is untouched. "
+                "Several concepts are suppressed together in one patch."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                SAE.Input("sae"),
+                CONCEPT.Input("concept", tooltip="A profile from SAE Concept Profile or SAE Load Concept."),
+                io.Float.Input("percentile", default=DEFAULT_PERCENTILE, min=0.0, max=100.0, step=0.001,
+                               tooltip=PERCENTILE_HELP),
+                io.Float.Input("multiplier", default=DEFAULT_MULTIPLIER, min=-100.0, max=100.0, step=0.1,
+                               tooltip=MULTIPLIER_HELP),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Start of the edit, as a fraction of the sampling schedule."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="End of the edit, as a fraction of the sampling schedule."),
+                io.Combo.Input("passes", options=list(UNLEARN_PASSES), default="both",
+                               tooltip="Which CFG passes to edit. The paper edits both; at cfg 1 there is only the "
+                                       "positive pass."),
+                *[CONCEPT.Input(extra, optional=True, tooltip="Another concept to suppress at the same time (same "
+                                                                "SAE and block).") for extra in EXTRA_CONCEPTS],
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The model with the unlearning attached; the input model is unchanged."),
+                io.String.Output(display_name="preview", tooltip="Which features are suppressed at which steps."),
+                io.Image.Output(display_name="chart", tooltip="Suppressed features (rows) by step (columns), "
+                                                              "coloured by score."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, sae, concept, percentile: float = DEFAULT_PERCENTILE,
+                multiplier: float = DEFAULT_MULTIPLIER, start_percent: float = 0.0, end_percent: float = 1.0,
+                passes: str = "both", concept_2=None, concept_3=None, concept_4=None) -> io.NodeOutput:
+        try:
+            concepts = [c for c in (concept, concept_2, concept_3, concept_4) if c is not None]
+            blocks = {c.block for c in concepts}
+            if len(blocks) > 1:
+                listing = ", ".join(f"'{c.name}' at {short_code(c.block)}" for c in concepts)
+                raise SAEInputError(f"the concepts were recorded at different blocks ({listing}); one node edits one "
+                                    f"block: chain one SAE Unlearn Concept node per block")
+            for c in concepts:
+                c.check_compatible(sae)
+            where = resolve_block(model, sae, concepts[0].block)
+            selections = [select_concept(c, percentile, multiplier) for c in concepts]
+            patch = UnlearnPatch(sae, selections, step_window(model, start_percent, end_percent), passes)
+            text, chart = preview(selections)
+        except SAEError as exc:
+            raise node_error(cls.NODE, exc) from None
+        return io.NodeOutput(install_block_patch(model, where, patch, cls.NODE), text, chart,
+                             ui=ui.PreviewText(text))
+
+
+def list_concepts() -> list[str]:
+    names: set[str] = set()
+    for root in model_folder_paths(CONCEPT_FOLDER):
+        if os.path.isdir(root):
+            for path in Path(root).rglob("*.safetensors"):
+                names.add(path.relative_to(root).as_posix())
+    return sorted(names)
+
+
+def concept_path(name: str) -> Path:
+    for root in model_folder_paths(CONCEPT_FOLDER):
+        candidate = Path(root) / name
+        if candidate.is_file():
+            return candidate
+    folders = ", ".join(model_folder_paths(CONCEPT_FOLDER))
+    raise SAEInputError(f"{name!r} is not in any {CONCEPT_FOLDER} folder ({folders}); refresh the node list or pick "
+                        f"another concept")
+
+
+def save_target(name: str) -> Path:
+    """models/sae_concepts/<name>.safetensors; sub-folders allowed, nothing outside the folder."""
+    clean = (name or "").strip().replace("\\", "/")
+    if clean.endswith(".safetensors"):
+        clean = clean[: -len(".safetensors")]
+    parts = [p for p in clean.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise SAEInputError(f"name {name!r} is not a valid file name; use e.g. 'vangogh' or 'styles/vangogh'")
+    return Path(model_folder_paths(CONCEPT_FOLDER)[0]).joinpath(*parts[:-1], parts[-1] + ".safetensors")
+
+
+def _holds(path: Path, concept: ConceptProfile) -> bool:
+    try:
+        return ConceptProfile.load(path).same_as(concept)
+    except SAEError:
+        return False
+
+
+class SAESaveConcept(io.ComfyNode):
+    NODE = "SAE Save Concept"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAESaveConcept",
+            display_name=cls.NODE,
+            category="SAE Lab/unlearning",
+            description=("Saves a concept profile to models/sae_concepts as .safetensors (means per step, plus the "
+                         "SAE's fingerprint, block, prompts and sampling settings), so it is computed once and "
+                         "shared. SAE Load Concept lists the saved profiles."),
+            is_output_node=True,
+            inputs=[
+                CONCEPT.Input("concept", tooltip="The profile to save."),
+                io.String.Input("name", default="concept", tooltip="File name in models/sae_concepts (sub-folders "
+                                                                   "allowed: styles/vangogh)."),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="Replace an existing file of that name holding a different profile."),
+            ],
+            outputs=[CONCEPT.Output(display_name="concept", tooltip="The same profile, passed through.")],
+        )
+
+    @classmethod
+    def execute(cls, concept, name: str = "concept", overwrite: bool = False) -> io.NodeOutput:
+        try:
+            path = save_target(name)
+            if path.exists() and not overwrite and not _holds(path, concept):
+                raise SAEInputError(f"{path} already holds another profile; turn on overwrite or pick another name")
+            concept.save(path)
+        except SAEError as exc:
+            raise node_error(cls.NODE, exc) from None
+        return io.NodeOutput(concept, ui=ui.PreviewText(f"saved {concept.describe()} to {path}"))
+
+
+class SAELoadConcept(io.ComfyNode):
+    NODE = "SAE Load Concept"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAELoadConcept",
+            display_name=cls.NODE,
+            category="SAE Lab/unlearning",
+            description=("Loads a concept profile saved by SAE Save Concept. It is checked against the SAE: a profile "
+                         "made with another SAE (or, when block is set, at another block) is refused, because feature "
+                         "ids mean nothing across SAEs."),
+            inputs=[
+                io.Combo.Input("concept_name", options=list_concepts() + [NONE],
+                               tooltip="A profile in models/sae_concepts."),
+                SAE.Input("sae"),
+                io.String.Input("block", default="", optional=True,
+                                tooltip="Optional: the block you will unlearn at; a profile recorded at another block "
+                                        "is refused. Empty: the profile's own block."),
+            ],
+            outputs=[CONCEPT.Output(display_name="concept", tooltip="The loaded profile."),
+                     io.String.Output(display_name="info", tooltip="What the profile holds.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, concept_name: str, sae=None, block: str = ""):
+        try:
+            return (concept_name, block, concept_path(concept_name).stat().st_mtime)
+        except SAEError:
+            return (concept_name, block)
+
+    @classmethod
+    def execute(cls, concept_name: str, sae, block: str = "") -> io.NodeOutput:
+        try:
+            if concept_name == NONE:
+                raise SAEInputError("no concept chosen: pick a profile saved in models/sae_concepts")
+            profile = ConceptProfile.load(concept_path(concept_name))
+            profile.check_compatible(sae, block)
+        except SAEError as exc:
+            raise node_error(cls.NODE, exc) from None
+        info = profile.describe()
+        if profile.sampling:
+            info += "; recorded with " + ", ".join(f"{k} {v}" for k, v in profile.sampling.items())
+        return io.NodeOutput(profile, info, ui=ui.PreviewText(info))
+
+
+NODES = [SAEConceptProfile, SAEUnlearnConcept, SAESaveConcept, SAELoadConcept]
