@@ -12,9 +12,7 @@ another number of steps).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,39 +31,10 @@ FORMAT_TAG = "sae-lab-concept"
 FORMAT_VERSION = 1
 GROUPS = ("target", "other")
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[SparseAutoencoder, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
-
-
-def _stamp(t: Tensor) -> tuple:
-    """Identity + version of a tensor; inference tensors (an SAE loaded inside a ComfyUI node) have no version."""
-    try:
-        return (t.data_ptr(), t._version)
-    except RuntimeError:
-        return (t.data_ptr(), None)
-
-
-def sae_fingerprint(sae: SparseAutoencoder) -> str:
-    """A stable id of the SAE's function: sha256 over its shape and float32 weights (first 16 hex digits).
-
-    The same SAE read from another format, device or dtype-preserving copy gets the same id; a retrained
-    or different SAE does not. Cached per SAE object until its weights change.
-    """
-    tensors = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + ([sae.threshold] if sae.threshold is not None else [])
-    stamp = tuple(_stamp(t) for t in tensors)
-    hit = _FINGERPRINTS.get(sae)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    digest = hashlib.sha256(f"{sae.d_in}x{sae.n_latents}:{sae.activation}:{sae.k}:{sae.input_norm}".encode())
-    for t in tensors:
-        digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    value = digest.hexdigest()[:16]
-    _FINGERPRINTS[sae] = (stamp, value)
-    return value
-
 
 def sae_identity(sae: SparseAutoencoder) -> dict:
     """What a profile records about its SAE (the fingerprint decides; the rest makes errors readable)."""
-    return {"fingerprint": sae_fingerprint(sae), "d_in": sae.d_in, "n_latents": sae.n_latents,
+    return {"fingerprint": sae.fingerprint(), "d_in": sae.d_in, "n_latents": sae.n_latents,
             "hookpoint": sae.hookpoint, "input_kind": sae.input_kind, "name": sae.name}
 
 
@@ -140,12 +109,12 @@ class ConceptProfile:
     # ------------------------------------------------------------------ compatibility
     def check_compatible(self, sae: SparseAutoencoder, block: str | None = None) -> None:
         """Refuse a profile made with another SAE, or (when ``block`` is given) for another block."""
-        if self.n_latents != sae.n_latents or self.fingerprint != sae_fingerprint(sae):
+        if self.n_latents != sae.n_latents or self.fingerprint != sae.fingerprint():
             made = self.sae.get("name") or self.sae.get("hookpoint") or "another SAE"
             raise SAEInputError(
                 f"concept '{self.name}' was made with another SAE ({made}, fingerprint {self.fingerprint}, "
                 f"{self.n_latents} latents), not this one ({sae.name or sae.hookpoint or 'unnamed'}, fingerprint "
-                f"{sae_fingerprint(sae)}, {sae.n_latents} latents); build the profile again with this SAE "
+                f"{sae.fingerprint()}, {sae.n_latents} latents); build the profile again with this SAE "
                 f"(SAE Concept Profile) or load the SAE it was made with")
         if block is not None and block.strip():
             wanted = diffusers_name(block)

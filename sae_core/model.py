@@ -175,15 +175,22 @@ class SparseAutoencoder(nn.Module):
         return f"{self.source_format} SAE {self.d_in}->{self.n_latents} ({sparsity}) at {where} on the {kind}{stats}"
 
     def fingerprint(self) -> str:
-        """A short stable id of the weights, so saved profiles and atlases can refuse another SAE."""
-        import hashlib
+        """A stable id of the SAE's function: sha256 over its settings and float32 weights (16 hex digits).
 
-        stamp = tuple(t._version for t in (self.W_enc, self.b_enc, self.W_dec, self.b_dec))
+        The same SAE read from another format or copied to another device gets the same id; a retrained or
+        different SAE does not. Saved concept profiles and feature atlases use it to refuse another SAE.
+        Cached until the weights change.
+        """
+        tensors = [self.W_enc, self.b_enc, self.W_dec, self.b_dec] + ([self.threshold] if self.threshold is not None
+                                                                      else [])
+        stamp = tuple((t.data_ptr(), _version(t)) for t in tensors)
         cached = getattr(self, "_fingerprint", None)
         if cached is None or cached[0] != stamp:
-            digest = hashlib.sha256()
-            for tensor in (self.W_enc, self.b_enc, self.W_dec, self.b_dec):
-                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            import hashlib
+
+            digest = hashlib.sha256(f"{self.d_in}x{self.n_latents}:{self.activation}:{self.k}:{self.input_norm}".encode())
+            for t in tensors:
+                digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             cached = (stamp, digest.hexdigest()[:16])
             self._fingerprint = cached
         return cached[1]

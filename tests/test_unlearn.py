@@ -11,7 +11,7 @@ import torch
 from sae_core import SAEFormatError, SAEInputError, SparseAutoencoder, load_sae, save_sae
 from sae_core.block_call import CallContext, StepWindow, to_tokens
 from sae_core.concept_profile import (ConceptProfile, LatentRecorder, check_prompt_sets, parse_prompts,
-                                      sae_fingerprint, sae_identity)
+                                      sae_identity)
 from sae_core.render import pil_to_array
 from sae_core.unlearn import (ConceptSelection, StepSelection, UnlearnPatch, edit_coefficients, feature_scores,
                               match_step, select_concept, select_features, thresholds)
@@ -270,7 +270,7 @@ def test_recorder_position_means_equal_dense_means_and_keep_only_the_positive_pa
     assert torch.allclose(rec.mean("target")[0], dense[2:].mean(0), atol=1e-6)
     assert torch.allclose(rec.mean("other")[1], dense[:2].mean(0), atol=1e-6)
     profile = rec.profile(2, 2, "up.1.2", name="c", target_prompts=["a", "b"], other_prompts=["c", "d"])
-    assert profile.sigmas == (5.0, 2.0) and profile.block == BLOCK and profile.fingerprint == sae_fingerprint(sae)
+    assert profile.sigmas == (5.0, 2.0) and profile.block == BLOCK and profile.fingerprint == sae.fingerprint()
 
 
 def test_recorder_refuses_a_changing_schedule():
@@ -354,7 +354,7 @@ def test_fingerprint_of_an_sae_made_in_inference_mode():
         sae = identity_sae()
         with torch.no_grad():
             sae.b_dec.add_(0.0)
-    assert sae_fingerprint(sae) == sae_fingerprint(identity_sae())
+    assert sae.fingerprint() == identity_sae().fingerprint()
 
 
 def test_an_sae_made_in_inference_mode_runs_in_another_dtype():
@@ -368,11 +368,11 @@ def test_an_sae_made_in_inference_mode_runs_in_another_dtype():
 
 def test_fingerprint_tracks_weight_changes():
     sae = identity_sae()
-    before = sae_fingerprint(sae)
-    assert sae_fingerprint(sae) == before and len(before) == 16
+    before = sae.fingerprint()
+    assert sae.fingerprint() == before and len(before) == 16
     with torch.no_grad():
         sae.b_enc[2] = 0.1
-    assert sae_fingerprint(sae) != before
+    assert sae.fingerprint() != before
 
 
 # ---------------------------------------------------------------------- preview

@@ -71,5 +71,10 @@ def init_from_env(device: str = "auto") -> tuple[Dist, torch.device]:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that tears gloo down while rank 0 is still writing the
+    result aborts at exit ("terminate called without an active exception"), so all ranks meet first."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
