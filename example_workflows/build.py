@@ -60,17 +60,20 @@ class Graph:
             node["title"] = title
         if type_ == "Note":
             node["color"], node["bgcolor"] = "#432", "#653"
+        # an optional mask socket left unconnected is not saved, as the frontend does
+        node["inputs"] = [i for i in node["inputs"] if i["name"] != "mask" or "mask" in inputs]
         self.nodes.append(node)
         for name, (source, slot) in inputs.items():
             self.connect(source, slot, node_id, name)
-        # optional sockets left unconnected are dropped, as the frontend saves them
-        node["inputs"] = [i for i in node["inputs"] if i["link"] is not None or i["name"] != "mask"]
         return node_id
 
     def connect(self, source: int, slot: int, target: int, name: str) -> None:
         src, dst = self.nodes[source - 1], self.nodes[target - 1]
         link_id = len(self.links) + 1
-        entry = next(i for i in dst["inputs"] if i["name"] == name)
+        entry = next((i for i in dst["inputs"] if i["name"] == name), None)
+        if entry is None:  # a widget fed by a link (e.g. feature ids into SAE Feature Steer's features)
+            entry = {"name": name, "type": src["outputs"][slot]["type"], "widget": {"name": name}, "link": None}
+            dst["inputs"].append(entry)
         entry["link"] = link_id
         src["outputs"][slot]["links"].append(link_id)
         self.links.append([link_id, source, slot, target, dst["inputs"].index(entry), entry["type"]])

@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Callable
 
+import numpy as np
 import torch
 
 import comfy.utils
@@ -43,6 +44,12 @@ def register_model_folder(name: str, extensions: set[str]) -> None:
 
 def model_folder_paths(name: str) -> list[str]:
     return folder_paths.get_folder_paths(name)
+
+
+def image_tensor(*pictures) -> torch.Tensor:
+    """PIL images of one size as ComfyUI's IMAGE: (B, H, W, 3) floats in [0, 1]."""
+    arrays = [np.asarray(p.convert("RGB"), dtype=np.float32) / 255.0 for p in pictures]
+    return torch.from_numpy(np.stack(arrays))
 
 
 def node_error(node: str, exc: Exception) -> ValueError:

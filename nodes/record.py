@@ -19,9 +19,10 @@ from comfy_api.latest import io, ui
 from ..sae_core import analysis, feature_views
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.recording import Recording, RecordPatch
-from ..sae_core.render import COLORMAPS, pil_to_array
+from ..sae_core.render import COLORMAPS
 from ..sae_core.atlas import atlas_name_for
-from .comfy_glue import SAE, SAE_FOLDER, install_block_patch, model_folder_paths, node_error, resolve_block
+from .comfy_glue import (SAE, SAE_FOLDER, image_tensor, install_block_patch, model_folder_paths, node_error,
+                         resolve_block)
 
 RECORDING = io.Custom("SAE_RECORDING")
 CATEGORY = "SAE Lab/explore"
@@ -90,10 +91,6 @@ def _ready(recording: Recording, latent: dict | None, image: torch.Tensor | None
     analysis.check_recorded(recording)
     _check_latent(recording, latent)
     check_image(recording, image)
-
-
-def _image_tensor(pictures: list) -> torch.Tensor:
-    return torch.from_numpy(np.stack([pil_to_array(p) for p in pictures]).astype(np.float32) / 255.0)
 
 
 class SAERecordActivations(io.ComfyNode):
@@ -189,7 +186,7 @@ class SAETopFeatures(io.ComfyNode):
         # the table shows on the node; the ids link to the SAE Atlas sidebar when this SAE has an atlas
         atlas = atlas_name_for(getattr(recording, "sae_path", None), model_folder_paths(SAE_FOLDER)) or ""
         shown = {"text": (table,), "sae_lab_features": stats.ids(), "sae_lab_atlas": (atlas,)}
-        return io.NodeOutput(table, _image_tensor([chart]), ids, ui=shown)
+        return io.NodeOutput(table, image_tensor(chart), ids, ui=shown)
 
 
 class SAEFeatureHeatmap(io.ComfyNode):
@@ -272,7 +269,7 @@ class SAEFeatureHeatmap(io.ComfyNode):
                 masks.append(feature_views.feature_mask(mask_map, image.shape[1], image.shape[2], mask_upscale))
         except SAEError as exc:
             raise node_error(cls.NODE, exc) from None
-        return io.NodeOutput(_image_tensor(grids), torch.from_numpy(np.stack(masks)).float())
+        return io.NodeOutput(image_tensor(*grids), torch.from_numpy(np.stack(masks)).float())
 
 
 class SAEFeatureTimeline(io.ComfyNode):
@@ -321,7 +318,7 @@ class SAEFeatureTimeline(io.ComfyNode):
             table = feature_views.timeline_table(steps, shown, values.numpy())
         except SAEError as exc:
             raise node_error(cls.NODE, exc) from None
-        return io.NodeOutput(_image_tensor([chart]), table, ui=ui.PreviewText(table))
+        return io.NodeOutput(image_tensor(chart), table, ui=ui.PreviewText(table))
 
 
 NODES = [SAERecordActivations, SAETopFeatures, SAEFeatureHeatmap, SAEFeatureTimeline]

@@ -5,7 +5,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import comfy.model_management
@@ -18,7 +17,7 @@ from ..sae_core.formats.native import save as save_sae
 from ..sae_core.train import ActivationSource, RunFiles, TrainConfig, train_sae
 from ..sae_core.train.checkpoint import CheckpointMismatch
 from ..sae_core.train.metrics import loss_curve
-from .comfy_glue import SAE, SAE_FOLDER, model_folder_paths, node_error
+from .comfy_glue import SAE, SAE_FOLDER, image_tensor, model_folder_paths, node_error
 
 TRAIN = "SAE Train"
 SAVE = "SAE Save"
@@ -33,10 +32,6 @@ def _plain_name(name: str, what: str) -> str:
         raise SAEInputError(f"{what} {name!r} is not a plain file name; use letters, digits, spaces, '.', '_' or '-'")
     return name
 
-
-def image_tensor(picture) -> torch.Tensor:
-    """A PIL image as ComfyUI's IMAGE: (1, H, W, 3) floats in [0, 1]."""
-    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
 class SAETrain(io.ComfyNode):

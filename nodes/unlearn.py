@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import comfy.samplers
@@ -16,7 +15,7 @@ from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.unlearn import (DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, UNLEARN_PASSES, UnlearnPatch,
                                 select_concept)
 from ..sae_core.unlearn_preview import selection_chart, selection_report
-from .comfy_glue import (SAE, install_block_patch, model_folder_paths, node_error, register_model_folder,
+from .comfy_glue import (SAE, image_tensor, install_block_patch, model_folder_paths, node_error, register_model_folder,
                          resolve_block, step_window)
 from .concept_sampling import record_profile
 
@@ -28,13 +27,9 @@ EXTRA_CONCEPTS = ("concept_2", "concept_3", "concept_4")
 register_model_folder(CONCEPT_FOLDER, {".safetensors"})
 
 
-def chart_tensor(image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
-
-
 def preview(selections) -> tuple[str, torch.Tensor]:
     image, _ = selection_chart(selections)
-    return selection_report(selections), chart_tensor(image)
+    return selection_report(selections), image_tensor(image)
 
 
 PERCENTILE_HELP = ("Keep the features whose score is above this percentile of all scores, per step. 99.999 (the "
