@@ -19,7 +19,7 @@ from .block_call import POSITIVE
 from .collect import ACTIVATIONS_KEY, read_manifest
 from .errors import SAEInputError
 from .model import SparseAutoencoder
-from .train.data import _choose_block
+from .train.data import choose_block
 
 
 def _prompt_selection(rows: dict[str, torch.Tensor], activations: torch.Tensor, grid: tuple[int, int],
@@ -47,7 +47,7 @@ def build_atlas_from_dataset(
     """Add every not-yet-added shard of ``dataset`` to the atlas in ``folder`` and save it."""
     root = Path(dataset)
     manifest = read_manifest(root)
-    chosen = _choose_block(manifest.get("blocks") or {}, block, root)
+    chosen = choose_block(manifest.get("blocks") or {}, block, root)
     stored, expected = manifest.get("input_kind"), sae.input_kind
     if expected and stored and stored != expected:
         kinds = {"diff": "block updates (output - input)", "output": "block outputs"}

@@ -235,8 +235,13 @@ class LatentRecorder:
         if self.group not in self._sums:
             self._sums[self.group] = torch.zeros(n_steps, self.sae.n_latents, dtype=torch.float64)
             self._rows[self.group] = torch.zeros(n_steps, dtype=torch.float64)
-        self._sums[self.group][ctx.step] += means.sum(dim=0).double().cpu()
-        self._rows[self.group][ctx.step] += len(rows)
+        # out of place: the sums may have been created under inference mode and updated outside it, or back
+        step_sum = torch.zeros_like(self._sums[self.group])
+        step_sum[ctx.step] = means.sum(dim=0).double().cpu()
+        self._sums[self.group] = self._sums[self.group] + step_sum
+        step_rows = torch.zeros_like(self._rows[self.group])
+        step_rows[ctx.step] = len(rows)
+        self._rows[self.group] = self._rows[self.group] + step_rows
         return y_out
 
     def mean(self, group: str) -> Tensor:

@@ -425,3 +425,14 @@ def test_cli_concept_prints_the_selection_and_writes_the_chart(tmp_path, capsys)
     assert Image.open(tmp_path / "c.png").size[0] == 720
     assert main(["concept", str(path), "--percentile", "100"]) == 2
     assert "outside (0, 100)" in capsys.readouterr().err
+
+
+def test_recorder_accumulates_across_inference_mode_boundaries():
+    sae = SparseAutoencoder(8, 16, 2, input_kind="output")
+    recorder = LatentRecorder(sae)
+    ctx = CallContext((0,), 2.0, (2.0, 1.0, 0.0))
+    x = torch.randn(1, 8, 2, 2)
+    with torch.inference_mode():
+        recorder(x, x, ctx)  # ComfyUI runs nodes under inference mode
+    recorder(x, x, ctx)      # a later call outside it must still add up
+    assert torch.allclose(recorder.mean("target")[0], recorder.position_mean(to_tokens(x))[0].float(), atol=1e-6)

@@ -132,7 +132,7 @@ class ActivationSource:
     def _open_collected(cls, root: Path, block: str | None, chunk_rows: int) -> "ActivationSource":
         manifest = read_manifest(root)
         blocks = manifest.get("blocks") or {}
-        chosen = _choose_block(blocks, block, root)
+        chosen = choose_block(blocks, block, root)
         files = [root / shard["files"][chosen] for shard in manifest.get("shards", []) if chosen in shard["files"]]
         if not files:
             raise SAEInputError(f"dataset {str(root)!r} has no finished shard yet for block {chosen}; run the "
@@ -172,7 +172,7 @@ class ActivationSource:
         return f"{self.label}: {self.total_rows} rows of width {self.d_in} in {files} file(s)"
 
 
-def _choose_block(blocks: dict, block: str | None, root: Path) -> str:
+def choose_block(blocks: dict, block: str | None, root: Path) -> str:
     if not blocks:
         raise SAEFormatError(root / MANIFEST, "lists no blocks")
     if not block:
