@@ -2,8 +2,8 @@
 
 Built with ComfyUI's own classes (needs COMFYUI_PATH), 512x512, cfg 1, one euler step, batch 1.
 Recorded: the four paper SAE shapes (1280 -> 5120, k 10) on down.2.1, mid.0, up.0.0, up.0.1, through
-SAE Record Activations (target: <= 1.15x the unpatched step). Runs are interleaved and the median is
-reported. Needs ~12 GiB of memory and a few minutes on CPU. Because a shared CPU makes whole-step times
+SAE Record Activations (target: <= 1.15x the unpatched step). Runs are interleaved; the median and the
+minimum are reported. Needs ~12 GiB of memory and a few minutes on CPU. Because a shared CPU makes whole-step times
 noisy, it also reports the time spent inside the recording patches themselves during the recorded runs
 (encode + top-k + store), as a share of those runs: the overhead measured without a second run.
 
@@ -12,15 +12,11 @@ noisy, it also reports the time spent inside the recording patches themselves du
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
-from comfy_setup import full_sdxl, setup_comfy
-
-BLOCKS = ["unet.down_blocks.2.attentions.1", "unet.mid_block.attentions.0",
-          "unet.up_blocks.0.attentions.0", "unet.up_blocks.0.attentions.1"]
+from comfy_setup import PAPER_BLOCKS, full_sdxl, interleaved, report, setup_comfy, step_timer
 
 
 def main() -> None:
@@ -28,7 +24,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     setup_comfy()
-    import nodes
     from sae_lab_pack.nodes.record import SAERecordActivations
     from sae_lab_pack.sae_core import SparseAutoencoder
     from sae_lab_pack.sae_core.recording import RecordPatch
@@ -47,36 +42,17 @@ def main() -> None:
 
     model = full_sdxl()
     recorded, recordings = model, []
-    for hook in BLOCKS:
+    for hook in PAPER_BLOCKS:
         recorded, recording = SAERecordActivations.execute(
             recorded, SparseAutoencoder(1280, 5120, 10, hookpoint=hook, input_kind="diff"), "").result
         recordings.append(recording)
 
-    g = torch.Generator().manual_seed(0)
-    positive = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
-    negative = [[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
-    latent = {"samples": torch.zeros(1, 4, 64, 64)}
-
-    def step(m) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():  # as ComfyUI runs nodes
-            nodes.common_ksampler(m, 0, 1, 1.0, "euler", "normal", positive, negative, latent, disable_noise=False)
-        return time.perf_counter() - start
-
-    step(model)  # warm-up
-    step(recorded)
+    step = step_timer("sdxl", cfg=1.0)
+    step(recorded)  # warm-up of the recorded variant too, before counting time inside the patches
     inside[0] = 0.0
-    variants = {"unpatched": model, "recording 4 blocks": recorded}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, m in variants.items():
-            times[name].append(step(m))
+    times = interleaved({"unpatched": model, "recording 4 blocks": recorded}, step, args.repeats)
     assert all(len(r.calls) == 1 for r in recordings), "every block should have been recorded once per run"
-    base = statistics.median(times["unpatched"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one SDXL step at 512x512, cfg 1")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:20} {median:8.2f} s   ratio {median / base:.3f}   (runs: {', '.join(f'{v:.2f}' for v in values)})")
+    report(times, f"torch {torch.__version__}, {torch.get_num_threads()} threads; one SDXL step at 512x512, cfg 1")
     recorded_total = sum(times["recording 4 blocks"])
     print(f"inside the recording patches: {inside[0]:.2f} s of {recorded_total:.2f} s recorded "
           f"({100 * inside[0] / recorded_total:.1f}%, i.e. ratio {recorded_total / (recorded_total - inside[0]):.3f})")

@@ -16,34 +16,13 @@ whole sampling steps (``--step-repeats 0`` skips them; on a busy CPU their sprea
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
-from comfy_setup import setup_comfy
+from comfy_setup import full_sd15, interleaved, report, setup_comfy, step_timer
 
-SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "adm_in_channels": None, "dtype": torch.float32, "in_channels": 4,
-             "model_channels": 320, "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-             "context_dim": 768, "num_heads": 8, "use_temporal_attention": False, "use_temporal_resblock": False,
-             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
 HOOK = "unet.up_blocks.1.attentions.2"
-
-
-def full_sd15():
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = comfy.supported_models.SD15(dict(SD15_UNET))
-    model = config.get_model({}, device=torch.device("cpu"))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.diffusion_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) / max(p[0].numel(), 1) ** 0.5 if p.ndim >= 2 else
-                    torch.ones_like(p) * 0.01)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def main() -> None:
@@ -52,7 +31,6 @@ def main() -> None:
     parser.add_argument("--step-repeats", type=int, default=3, help="whole-step repeats (0: skip)")
     args = parser.parse_args()
     setup_comfy()
-    import nodes
     from sae_lab_pack.nodes.comfy_glue import install_block_patch, model_block_layout
     from sae_lab_pack.sae_core import SparseAutoencoder
     from sae_lab_pack.sae_core.block_call import CallContext
@@ -93,46 +71,17 @@ def main() -> None:
                 patch(x, out, ctx)
             return time.perf_counter() - start
 
-        block_time(None)
         for p in patches.values():
             p(x, y, ctx)  # warm-up
-        block_times: dict[str, list[float]] = {"block forward": [], **{name: [] for name in patches}}
-        for _ in range(args.repeats):
-            block_times["block forward"].append(block_time(None))
-            for name, p in patches.items():
-                block_times[name].append(block_time(p))
-    block_base = statistics.median(block_times["block forward"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5 up.1.2 block, 2 x 16 x 16 positions; "
-          f"SAE 1280 -> 20480, k 32; median of {args.repeats}")
-    for name, values in block_times.items():
-        median = statistics.median(values)
-        print(f"{name:18} {median * 1000:8.1f} ms  block ratio {median / block_base:.3f}")
+        block_times = interleaved({"block forward": None, **patches}, block_time, args.repeats)
+    report(block_times, f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5 up.1.2 block, "
+           f"2 x 16 x 16 positions; SAE 1280 -> 20480, k 32; {args.repeats} runs", scale=1000, unit="ms")
     if args.step_repeats <= 0:
         return
-
     variants = {"unpatched": model, **{name: install_block_patch(model, block, p, "bench")
                                        for name, p in patches.items()}}
-    g = torch.Generator().manual_seed(0)
-    positive = [[torch.randn(1, 77, 768, generator=g), {}]]
-    negative = [[torch.zeros(1, 77, 768), {}]]
-    latent = {"samples": torch.zeros(1, 4, 64, 64)}
-
-    def step(m) -> float:
-        start = time.perf_counter()
-        nodes.common_ksampler(m, 0, 1, 7.5, "euler", "normal", positive, negative, latent)
-        return time.perf_counter() - start
-
-    step(model)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.step_repeats):
-        for name, m in variants.items():
-            times[name].append(step(m))
-    base = statistics.median(times["unpatched"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one SD1.5 step at 512x512, cfg 7.5; "
-          f"SAE 1280 -> 20480, k 32 at up.1.2")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:18} {median:8.2f} s   ratio {median / base:.3f}   (runs: {', '.join(f'{v:.2f}' for v in values)})")
+    times = interleaved(variants, step_timer("sd15", cfg=7.5), args.step_repeats)
+    report(times, "one SD1.5 step at 512x512, cfg 7.5; SAE 1280 -> 20480, k 32 at up.1.2")
 
 
 if __name__ == "__main__":
