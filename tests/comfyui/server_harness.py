@@ -17,7 +17,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 import comfy_harness
+from checkpoint_writers import write_sparsify, write_unbox
 
 HERE = Path(__file__).resolve().parent
 UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -66,6 +70,7 @@ class ComfyServer:
                 continue
             if "SAELoader" not in answer or "(IMPORT FAILED)" in self.log_text():
                 raise RuntimeError(f"ComfyUI started but this pack did not load:\n{self.log_text()}")
+            self.object_info = self.get("/object_info")
             return self
         raise TimeoutError(f"ComfyUI did not answer within {self.startup_timeout}s:\n{self.log_text()}")
 
@@ -148,3 +153,43 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = [str(src), slot]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+# ---------------------------------------------------------------- running the example workflows
+TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
+
+
+def place_hub_saes(models: Path) -> None:
+    """What Load SAE would have downloaded from the hub, at the tiny models' widths."""
+    unbox = models / "sae" / "surokpro2__sdxl-saes"
+    for i, hook in enumerate(["unet.down_blocks.2.attentions.1", "unet.up_blocks.0.attentions.1",
+                              "unet.up_blocks.0.attentions.0", "unet.mid_block.attentions.0"]):
+        write_unbox(unbox, hook=hook, d=TINY_WIDTH, n=5120, k=10, seed=i)
+    saeuron = models / "sae" / "bcywinski__SAeUron"
+    for i, hook in enumerate(["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]):
+        write_sparsify(saeuron, hook=hook, d=TINY_WIDTH, expansion=16, k=32, seed=i)
+
+
+def workflow_server(base: Path) -> ComfyServer:
+    """A server for running example workflows: hub SAEs pre-placed under ``base``, offline, object_info read."""
+    place_hub_saes(base / "models")
+    return ComfyServer(base, env={"HF_HUB_OFFLINE": "1"})
+
+
+def tiny_prompt(workflow_path: Path, object_info: dict) -> dict:
+    prompt = ui_to_api(json.loads(workflow_path.read_text()), object_info)
+    family = "sd15" if "sd15" in workflow_path.stem else "sdxl"
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"], node["inputs"] = "SAELabTestTinyCheckpoint", {"family": family}
+    return prompt
+
+
+def saved_images(server: ComfyServer, entry: dict) -> list[np.ndarray]:
+    images = []
+    for output in entry["outputs"].values():
+        for item in output.get("images", []):
+            if item.get("type") == "output":
+                path = server.base / "output" / item.get("subfolder", "") / item["filename"]
+                images.append(np.asarray(Image.open(path)))
+    return images

@@ -11,18 +11,14 @@ import copy
 import pytest
 
 import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
-from server_harness import ComfyServer
-from test_workflows_http import place_hub_saes, tiny_prompt
+from server_harness import ComfyServer, tiny_prompt, workflow_server
 
 WORKFLOW = comfy_harness.REPO / "example_workflows" / "sdxl_turbo_explore.json"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base_record")
-    place_hub_saes(base / "models")
-    with ComfyServer(base, env={"HF_HUB_OFFLINE": "1"}) as running:
-        running.object_info = running.get("/object_info")
+    with workflow_server(tmp_path_factory.mktemp("comfy_base_record")) as running:
         yield running
 
 

@@ -7,58 +7,20 @@ layout) where Load SAE downloads them, with the server offline.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
-from checkpoint_writers import write_sparsify, write_unbox
-from server_harness import ComfyServer, ui_to_api
+from server_harness import saved_images, tiny_prompt, workflow_server
 
 WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
-TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
-
-
-def place_hub_saes(models: Path) -> None:
-    """What Load SAE would have downloaded from the hub, at the tiny models' widths."""
-    unbox = models / "sae" / "surokpro2__sdxl-saes"
-    for i, hook in enumerate(["unet.down_blocks.2.attentions.1", "unet.up_blocks.0.attentions.1",
-                              "unet.up_blocks.0.attentions.0", "unet.mid_block.attentions.0"]):
-        write_unbox(unbox, hook=hook, d=TINY_WIDTH, n=5120, k=10, seed=i)
-    saeuron = models / "sae" / "bcywinski__SAeUron"
-    for i, hook in enumerate(["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]):
-        write_sparsify(saeuron, hook=hook, d=TINY_WIDTH, expansion=16, k=32, seed=i)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    place_hub_saes(base / "models")
-    with ComfyServer(base, env={"HF_HUB_OFFLINE": "1"}) as running:
-        running.object_info = running.get("/object_info")
+    with workflow_server(tmp_path_factory.mktemp("comfy_base")) as running:
         yield running
-
-
-def tiny_prompt(workflow_path: Path, object_info: dict) -> dict:
-    prompt = ui_to_api(json.loads(workflow_path.read_text()), object_info)
-    family = "sd15" if "sd15" in workflow_path.stem else "sdxl"
-    for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["class_type"], node["inputs"] = "SAELabTestTinyCheckpoint", {"family": family}
-    return prompt
-
-
-def saved_images(server: ComfyServer, entry: dict) -> list[np.ndarray]:
-    images = []
-    for output in entry["outputs"].values():
-        for item in output.get("images", []):
-            if item.get("type") == "output":
-                path = server.base / "output" / item.get("subfolder", "") / item["filename"]
-                images.append(np.asarray(Image.open(path)))
-    return images
 
 
 def test_pack_loads_and_lists_its_templates(server):
