@@ -123,3 +123,17 @@ def config_int(cfg: dict, key: str, path: Path, *, default: int | None = None, m
 def check_k(k: int, n_latents: int, path: Path) -> None:
     if not 1 <= k <= n_latents:
         raise SAEFormatError(path, "k is out of range", found=f"k={k}", expected=f"1 <= k <= n_latents={n_latents}")
+
+
+def hookpoint_and_kind(cfg: dict, hook_field: str, folder: Path, cfg_path: Path) -> tuple[str | None, str]:
+    """The hookpoint (from ``cfg[hook_field]`` or the folder's name, when it names a U-Net block) and what the
+    SAE encodes: the cfg's ``input_kind`` (our extension), else the block output, as SAeUron's SAEs do."""
+    from ..blocks import diffusers_name, hookpoint_of
+    from ..model import INPUT_KINDS
+
+    block = diffusers_name(str(cfg.get(hook_field) or folder.name))
+    input_kind = cfg.get("input_kind", "output")
+    if input_kind not in INPUT_KINDS:
+        raise SAEFormatError(cfg_path, "config field 'input_kind' is invalid", found=repr(input_kind),
+                             expected=" or ".join(INPUT_KINDS))
+    return (hookpoint_of(block) if block else None), input_kind

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..blocks import diffusers_name, hookpoint_of, infer_model_family
+from ..blocks import infer_model_family
 from ..errors import SAEFormatError
-from ..model import INPUT_KINDS, SparseAutoencoder
-from .common import check_k, config_int, read_json, read_safetensors, require_finite, require_tensor, safetensors_keys
+from ..model import SparseAutoencoder
+from .common import (check_k, config_int, hookpoint_and_kind, read_json, read_safetensors, require_finite,
+                     require_tensor, safetensors_keys)
 
 NAME = "saelens"
 CONFIG = "cfg.json"
@@ -68,12 +69,7 @@ def load(folder: Path) -> SparseAutoencoder:
     require_finite(weights, weights_path)
     if not cfg.get("apply_b_dec_to_input", True):
         weights["b_enc"] = weights["b_enc"] + weights["W_enc"] @ weights["b_dec"]
-    block = diffusers_name(str(cfg.get("hook_name") or folder.name))
-    hookpoint = hookpoint_of(block) if block else None
-    input_kind = cfg.get("input_kind", "output")
-    if input_kind not in INPUT_KINDS:
-        raise SAEFormatError(cfg_path, "config field 'input_kind' is invalid", found=repr(input_kind),
-                             expected=" or ".join(INPUT_KINDS))
+    hookpoint, input_kind = hookpoint_and_kind(cfg, "hook_name", folder, cfg_path)
     sae = SparseAutoencoder(d, n, k, activation=activation, hookpoint=hookpoint, input_kind=input_kind,
                             model_family=infer_model_family(hookpoint, d), source_format=NAME, name=folder.name)
     with torch.no_grad():
