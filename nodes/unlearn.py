@@ -77,9 +77,10 @@ class SAEConceptProfile(io.ComfyNode):
                                tooltip="Sampler used while recording."),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
                                tooltip="Scheduler used while recording."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=False,
                              tooltip="Prompt i of each set uses the noise of seed + i, so both sets start from the "
-                                     "same noises."),
+                                     "same noises. Fixed (not randomised after each queue), so the profile is "
+                                     "computed once and then served from the cache."),
                 io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Image width while recording."),
                 io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height while recording."),
                 io.Int.Input("batch_size", default=4, min=1, max=64,

@@ -25,6 +25,7 @@ from checkpoint_writers import write_sparsify, write_unbox
 
 HERE = Path(__file__).resolve().parent
 UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
 
 def _free_port() -> int:
@@ -122,7 +123,9 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """Convert a UI-format workflow (what example_workflows/ holds) to the API format /prompt takes.
 
     Widget values are matched to the node's widget inputs in their declared order (required, then
-    optional); an INT input with ``control_after_generate`` is followed by one extra UI-only value.
+    optional); an INT input with a control_after_generate widget (by the frontend's rule) is followed by
+    one extra UI-only value. A workflow whose values do not line up exactly is refused, as it would load
+    wrongly in the UI.
     """
     links = {link[0]: link for link in workflow["links"]}
     prompt: dict[str, dict] = {}
@@ -145,12 +148,20 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 if not values:
                     raise ValueError(f"node {node['id']} ({node['type']}) has too few widget values for {name!r}")
                 inputs[name] = values.pop(0)
-                if options.get("control_after_generate") and values and values[0] in (
-                        "fixed", "increment", "decrement", "randomize"):
+                # the frontend's rule: an explicit control_after_generate, else any INT named seed / noise_seed
+                control = options.get("control_after_generate")
+                if control is None:
+                    control = kind == "INT" and name in ("seed", "noise_seed")
+                if control:
+                    if not values or values[0] not in CONTROL_VALUES:
+                        raise ValueError(f"node {node['id']} ({node['type']}): {name!r} is followed by a "
+                                         f"control_after_generate widget in the UI, but its value is missing")
                     values.pop(0)
             if name in linked:
                 _, src, slot, _, _, _ = links[linked[name]]
                 inputs[name] = [str(src), slot]
+        if values:
+            raise ValueError(f"node {node['id']} ({node['type']}) has {len(values)} widget values too many: {values}")
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 

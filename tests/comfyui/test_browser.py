@@ -23,6 +23,7 @@ if CHROMIUM is None:
 from sae_core import SparseCode  # noqa: E402
 from sae_core.atlas import Example, FeatureAtlas  # noqa: E402
 
+WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 STRIPES, FUR = 5, 11
@@ -146,3 +147,21 @@ def test_top_features_show_their_table_and_link_into_the_atlas(page):
     page.wait_for_function("() => document.querySelector('.sae-lab-panel h3')?.textContent.startsWith('Feature #11')")
     assert page.evaluate("() => app.extensionManager.sidebarTab.activeSidebarTabId") == "sae-lab-atlas"
     assert node_id is not None
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_loads_in_the_frontend_with_every_widget_in_place(page, workflow):
+    """What a user sees after opening the template: known nodes, and each widget holding its saved value."""
+    saved = json.loads(workflow.read_text())
+    loaded = page.evaluate("""async (wf) => {
+        await app.loadGraphData(wf);
+        return app.graph._nodes.map(n => ({id: n.id, type: n.type, known: !!LiteGraph.registered_node_types[n.type],
+                                           values: (n.widgets || []).filter(w => w.serialize !== false)
+                                                                    .map(w => w.value)}));
+    }""", saved)
+    by_id = {n["id"]: n for n in loaded}
+    for node in saved["nodes"]:
+        shown = by_id[node["id"]]
+        assert shown["known"], f"{node['type']} is not a registered node type"
+        if node.get("widgets_values") is not None and node["type"] not in ("Note", "MarkdownNote"):
+            assert shown["values"] == node["widgets_values"], f"{workflow.name}: {node['type']} widgets"
