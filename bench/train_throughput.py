@@ -6,7 +6,9 @@ warm-up then linear decay to 0, b_dec initialised at the mean of the first batch
 k_aux = d_in / 2, no gradient clipping), for a fixed token budget. Reported: tokens/s of the training loop
 (data already in memory; the trainers' steps are interleaved so that other load on the machine
 falls on all of them alike), FVU on held-out rows, and dictionary recovery (mean best cosine to the planted
-directions). Ratios are measured within one run.
+directions). Ratios are measured within one run. Each seed (``--seeds``, default 3) draws its own planted data,
+initialisation and batch order; the verdict compares means over seeds, because one seed's FVU differs
+between trainers by a few percent either way.
 
 - sparsify: ``SparseCoder`` from PyPI ``eai-sparsify`` (optional, bench only), driven step by step exactly like
   its ``Trainer`` does (decoder renorm, forward with dead mask, fvu + auxk_alpha * auxk, backward, parallel
@@ -14,7 +16,7 @@ directions). Ratios are measured within one run.
   ``pip install -c <(echo torch==$(python -c 'import torch;print(torch.__version__.split("+")[0])')) eai-sparsify``
 - naive: the same losses written densely (scatter the top-k into a (rows, latents) matrix) with autograd.
 
-    python bench/train_throughput.py [--d-in 512 --latents 2048 --k 10 --batch 4096 --tokens 1000000]
+    python bench/train_throughput.py [--d-in 512 --latents 2048 --k 10 --batch 4096 --tokens 1000000 --seeds 3]
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def config_for(args, steps: int) -> TrainConfig:
     warm = args.warmup / steps
     return TrainConfig(n_latents=args.latents, k=args.k, batch_size=args.batch, steps=steps, lr=args.lr,
                        adam_eps=args.eps, warmup=warm, decay=1.0 - warm, grad_clip=0.0, auxk=args.d_in // 2,
-                       auxk_coef=args.auxk_coef, dead_tokens=args.dead_tokens, b_dec_init="mean")
+                       auxk_coef=args.auxk_coef, dead_tokens=args.dead_tokens, b_dec_init="mean",
+                       seed=args.seed)
 
 
 # Each trainer is (step(x, i), reconstruct(h), decoder rows); the steps of all trainers are interleaved so
@@ -141,35 +144,14 @@ def make_naive(args, steps):
     return step, sae.reconstruct, lambda: sae.W_dec.detach()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--d-in", type=int, default=512)
-    p.add_argument("--latents", type=int, default=2048)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--tokens", type=int, default=1_000_000, help="training rows per trainer")
-    p.add_argument("--features", type=int, help="planted directions (default latents / 2)")
-    p.add_argument("--active", type=int, default=8, help="planted features per row")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eps", type=float, default=6.25e-10)
-    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
-    p.add_argument("--auxk-coef", type=float, default=1 / 32)
-    p.add_argument("--dead-tokens", type=int, default=200_000)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip", nargs="*", default=[], choices=["sparsify", "naive"])
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    steps = max(1, args.tokens // args.batch)
-    features = args.features or args.latents // 2
+Result = tuple[float, float, float]  # tokens/s, held-out FVU, dictionary recovery
+
+
+def run_seed(args, steps: int, features: int) -> dict[str, Result]:
+    """Train every available trainer on one seed's data, steps interleaved; print and return its results."""
     planted = planted_dictionary(min(args.tokens, 1 << 20) + 16384, args.d_in, features, args.active, noise=0.02,
                                  seed=args.seed + 1000)  # not the SAE's initialisation seed
     train, held_out = planted.x[:-16384], planted.x[-16384:]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; TopK SAE {args.d_in}->{args.latents}, "
-          f"k={args.k}, batch {args.batch}, {steps} steps ({steps * args.batch} tokens); planted {features} "
-          f"directions, {args.active} active per row")
-
     makers = {"ours": make_ours, "sparsify": make_sparsify, "naive (dense autograd)": make_naive}
     trainers = {}
     for name, make in makers.items():
@@ -187,17 +169,58 @@ def main() -> None:
             seconds[name] += time.perf_counter() - start
 
     results = {}
+    print(f"seed {args.seed}:")
     for name, (_, reconstruct, decoder) in trainers.items():
         with torch.no_grad():
             results[name] = (steps * args.batch / seconds[name], fvu(held_out, reconstruct(held_out)),
                              recovery(decoder(), planted.directions))
         tps, f, rec = results[name]
-        print(f"{name:24s} {tps:12,.0f} tokens/s   held-out FVU {f:.4f}   recovery {rec:.3f}   "
+        print(f"  {name:24s} {tps:12,.0f} tokens/s   held-out FVU {f:.4f}   recovery {rec:.3f}   "
               f"({seconds[name]:.1f} s)")
-    ours = results.get("ours")
-    for name, (tps, f, _) in results.items():
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d-in", type=int, default=512)
+    p.add_argument("--latents", type=int, default=2048)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--tokens", type=int, default=1_000_000, help="training rows per trainer and seed")
+    p.add_argument("--features", type=int, help="planted directions (default latents / 2)")
+    p.add_argument("--active", type=int, default=8, help="planted features per row")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eps", type=float, default=6.25e-10)
+    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
+    p.add_argument("--auxk-coef", type=float, default=1 / 32)
+    p.add_argument("--dead-tokens", type=int, default=200_000)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--seeds", type=int, default=3, help="how many consecutive seeds to run and average")
+    p.add_argument("--skip", nargs="*", default=[], choices=["sparsify", "naive"])
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = max(1, args.tokens // args.batch)
+    features = args.features or args.latents // 2
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; TopK SAE {args.d_in}->{args.latents}, "
+          f"k={args.k}, batch {args.batch}, {steps} steps ({steps * args.batch} tokens) per seed; planted "
+          f"{features} directions, {args.active} active per row; {args.seeds} seed(s) from {args.seed}")
+
+    per_seed = []
+    first = args.seed
+    for seed in range(first, first + args.seeds):
+        args.seed = seed
+        per_seed.append(run_seed(args, steps, features))
+    names = [name for name in per_seed[0] if all(name in results for results in per_seed)]
+    mean = {name: tuple(sum(r[name][j] for r in per_seed) / len(per_seed) for j in range(3)) for name in names}
+    print(f"mean over {len(per_seed)} seed(s):")
+    for name, (tps, f, rec) in mean.items():
+        print(f"  {name:24s} {tps:12,.0f} tokens/s   held-out FVU {f:.4f}   recovery {rec:.3f}")
+    ours = mean.get("ours")
+    for name, (tps, f, _) in mean.items():
         if name != "ours" and ours:
-            print(f"ours vs {name}: {ours[0] / tps:.2f}x tokens/s, FVU {ours[1]:.4f} vs {f:.4f} "
+            print(f"ours vs {name}: {ours[0] / tps:.2f}x tokens/s, mean FVU {ours[1]:.4f} vs {f:.4f} "
                   f"({'no worse' if ours[1] <= f * 1.02 else 'worse'})")
 
 
