@@ -8,7 +8,7 @@ import torch
 from sae_core import load_sae
 from sae_core.train import ActivationSource, RunFiles, SAETrainer, TrainConfig, new_sae, train_sae
 from sae_core.train.checkpoint import CheckpointMismatch, load_checkpoint
-from sae_core.train.synthetic import planted_dictionary, recovery
+from sae_core.train.synthetic import distinct_picks, planted_dictionary, recovery
 from sae_core.errors import SAEInputError
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -84,6 +84,28 @@ def test_batch_topk_cut_is_exact_even_when_one_row_dominates():
 def array_source(tmp_path, x: torch.Tensor, name: str = "x.npy") -> ActivationSource:
     np.save(tmp_path / name, x.numpy())
     return ActivationSource.open(tmp_path)
+
+
+def test_planted_rows_are_sparse_positive_sums_of_the_directions():
+    """Without noise or offset every row is a sum of exactly ``active`` planted directions with magnitudes in
+    [0.5, 1.5), across the generator's row chunks (independent directions: least squares recovers the code)."""
+    rows = 70_000  # more than one chunk
+    planted = planted_dictionary(rows, 24, 16, 3, noise=0.0, offset=0.0, seed=5)
+    codes = torch.linalg.lstsq(planted.directions.double().T, planted.x.double().T).solution.T
+    active = codes.abs() > 1e-6
+    assert (active.sum(1) == 3).all()
+    assert codes[active].min() >= 0.5 - 1e-6 and codes[active].max() < 1.5 + 1e-6
+    assert torch.allclose(planted.directions.norm(dim=1), torch.ones(16))
+
+
+def test_distinct_picks_are_distinct_and_uniform():
+    picks = distinct_picks(100_000, 10, 6, torch.Generator().manual_seed(0))
+    ordered = picks.sort(dim=1).values
+    assert (ordered[:, 1:] != ordered[:, :-1]).all()
+    frequency = torch.bincount(picks.flatten(), minlength=10).double() / picks.numel()
+    assert torch.allclose(frequency, torch.full((10,), 0.1, dtype=torch.float64), atol=3e-3)
+    with pytest.raises(ValueError, match="active=11 exceeds n_features=10"):
+        distinct_picks(1, 10, 11, torch.Generator())
 
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])

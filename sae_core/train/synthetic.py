@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+CHUNK_ROWS = 1 << 16
 
 
 class Planted(NamedTuple):
@@ -22,13 +25,31 @@ def planted_dictionary(rows: int, d_in: int, n_features: int, active: int, noise
     directions /= directions.norm(dim=1, keepdim=True)
     centre = torch.randn(d_in, generator=g)
     centre *= offset / centre.norm()
-    picks = torch.rand(rows, n_features, generator=g).argsort(dim=1)[:, :active]
-    magnitudes = 0.5 + torch.rand(rows, active, generator=g)
-    x = torch.zeros(rows, d_in)
-    for j in range(active):
-        x += magnitudes[:, j:j + 1] * directions[picks[:, j]]
-    x += noise * torch.randn(rows, d_in, generator=g) + centre
+    x = torch.empty(rows, d_in)
+    for start in range(0, rows, CHUNK_ROWS):  # chunks bound the (rows x features) draw behind the picks
+        n = min(CHUNK_ROWS, rows - start)
+        picks = distinct_picks(n, n_features, active, g)
+        magnitudes = 0.5 + torch.rand(n, active, generator=g)
+        chunk = F.embedding_bag(picks, directions, mode="sum", per_sample_weights=magnitudes)
+        x[start:start + n] = chunk.add_(centre).add_(torch.randn(n, d_in, generator=g), alpha=noise)
     return Planted(x, directions)
+
+
+def distinct_picks(rows: int, n_features: int, active: int, g: torch.Generator) -> Tensor:
+    """``active`` distinct feature ids per row, uniformly: draw with replacement, then redraw repeats until
+    none are left (rejection sampling; cheap while ``active`` is much smaller than ``n_features``)."""
+    if active > n_features:
+        raise ValueError(f"planted_dictionary: active={active} exceeds n_features={n_features}")
+    picks = torch.randint(n_features, (rows, active), generator=g)
+    while True:
+        ordered, order = picks.sort(dim=1)
+        repeated = torch.zeros_like(picks, dtype=torch.bool)
+        repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        if not repeated.any():
+            return picks
+        rows_idx, cols_idx = repeated.nonzero(as_tuple=True)
+        slots = order[rows_idx, cols_idx]
+        picks[rows_idx, slots] = torch.randint(n_features, (rows_idx.shape[0],), generator=g)
 
 
 def recovery(W_dec: Tensor, directions: Tensor) -> float:

@@ -78,6 +78,7 @@ class SAETrainer:
         self.optimizer = make_adam(self.params, config)
         self.tokens_since_fired = torch.zeros(sae.n_latents, dtype=torch.long, device=self.device)
         self.step = 0
+        self._pre: Tensor | None = None  # reused (rows x latents) pre-activations on CPU, see _encode
         with torch.no_grad():
             for p in self.params:  # every process starts from rank 0's weights
                 dist.broadcast_(p.data)
@@ -107,6 +108,19 @@ class SAETrainer:
         if self.config.input_norm:
             x, _ = self.sae.standardize(x)
         return x
+
+    def _encode(self, x_c: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+        """Pre-activations ``x_c @ W_enc.T + b_enc``. On CPU they go into one buffer kept across steps: a fresh
+        (rows x latents) tensor is larger than malloc's mmap threshold, so each step would otherwise fault in
+        its pages again (7% of a 1280->5120 step). CUDA's caching allocator already reuses memory, and
+        autocast needs the allocating form."""
+        if self.device.type != "cpu":
+            with self._autocast():
+                return torch.addmm(b_enc, x_c, W_enc.t())
+        shape = (x_c.shape[0], W_enc.shape[0])
+        if self._pre is None or self._pre.shape != shape:
+            self._pre = torch.empty(shape, dtype=torch.float32)
+        return torch.addmm(b_enc, x_c, W_enc.t(), out=self._pre)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.amp in AMP:
@@ -154,8 +168,7 @@ class SAETrainer:
         W_enc, b_enc, W_dec, b_dec = (p.detach() for p in self.params)
 
         x_c = x - b_dec
-        with self._autocast():
-            pre = torch.addmm(b_enc, x_c, W_enc.t())
+        pre = self._encode(x_c, W_enc, b_enc)
         code = self._select(pre, global_rows)
         e = x_c - decode(code, W_dec)  # x - x_hat, with x_hat = decoded + b_dec
 
@@ -206,7 +219,8 @@ class SAETrainer:
             d.all_reduce_(flat)
             grads = [chunk.view_as(gr) for chunk, gr in zip(flat.split([gr.numel() for gr in grads]), grads)]
         # keep decoder rows on the unit sphere: drop the gradient component along each row
-        grads[2].addcmul_(torch.linalg.vecdot(grads[2], W_dec)[:, None], W_dec, value=-1.0)
+        along = torch.bmm(grads[2].unsqueeze(1), W_dec.unsqueeze(2)).squeeze(2)  # row-wise dots, no temporary
+        grads[2].addcmul_(along, W_dec, value=-1.0)
         grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads])))
         if cfg.grad_clip and grad_norm > cfg.grad_clip:
             for gr in grads:
