@@ -13,7 +13,6 @@ norm, applied with Adam, and the decoder rows renormalised to unit length.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -110,22 +109,25 @@ class SAETrainer:
         return x
 
     def _encode(self, x_c: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
-        """Pre-activations ``x_c @ W_enc.T + b_enc``. On CPU they go into one buffer kept across steps: a fresh
-        (rows x latents) tensor is larger than malloc's mmap threshold, so each step would otherwise fault in
-        its pages again (7% of a 1280->5120 step). CUDA's caching allocator already reuses memory, and
-        autocast needs the allocating form."""
-        if self.device.type != "cpu":
-            with self._autocast():
+        """Pre-activations ``x_c @ W_enc.T + b_enc``, under autocast when mixed precision is on. Otherwise, on
+        CPU, they go into one buffer kept across steps: a fresh (rows x latents) tensor is larger than malloc's
+        mmap threshold, so each step would fault its pages in again (7% of a 1280->5120 step); CUDA's caching
+        allocator already reuses memory."""
+        amp = self._amp_dtype()
+        if amp is not None:
+            with torch.autocast(self.device.type, dtype=amp):
                 return torch.addmm(b_enc, x_c, W_enc.t())
+        if self.device.type != "cpu":
+            return torch.addmm(b_enc, x_c, W_enc.t())
         shape = (x_c.shape[0], W_enc.shape[0])
         if self._pre is None or self._pre.shape != shape:
             self._pre = torch.empty(shape, dtype=torch.float32)
         return torch.addmm(b_enc, x_c, W_enc.t(), out=self._pre)
 
-    def _autocast(self):
-        if self.device.type == "cuda" and self.config.amp in AMP:
-            return torch.autocast("cuda", dtype=AMP[self.config.amp])
-        return contextlib.nullcontext()
+    def _amp_dtype(self) -> torch.dtype | None:
+        """The encoder matmul's autocast dtype: CUDA only (reduced-precision matmuls are slower on CPU).
+        Everything after the matmul takes reduced-precision pre-activations; the code values are float32."""
+        return AMP.get(self.config.amp) if self.device.type == "cuda" else None
 
     # ------------------------------------------------------------------ the step
     def _select(self, pre: Tensor, global_rows: int) -> Code:
