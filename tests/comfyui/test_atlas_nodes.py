@@ -18,16 +18,6 @@ from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
 PLANTED = 77
 
 
-@pytest.fixture
-def sae_root(tmp_path, monkeypatch):
-    import folder_paths
-
-    root = tmp_path / "sae"
-    root.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(root)], {".safetensors"}))
-    return root
-
-
 @pytest.fixture(scope="module")
 def sdxl():
     return build_unet("sdxl")
@@ -56,9 +46,9 @@ def run(model, sae, vae, seed, latent, mask):
     return recording, vae.decode(samples)
 
 
-def test_atlas_grows_over_runs_and_shows_the_planted_feature_where_it_was_painted(sdxl, vae, sae_root):
-    save_sae(tiny_sae(), sae_root / "tiny.safetensors")
-    sae = load_sae(sae_root / "tiny.safetensors")
+def test_atlas_grows_over_runs_and_shows_the_planted_feature_where_it_was_painted(sdxl, vae, sae_models_dir):
+    save_sae(tiny_sae(), sae_models_dir / "tiny.safetensors")
+    sae = load_sae(sae_models_dir / "tiny.safetensors")
     latent = torch.zeros(1, 4, 32, 48)  # 256 x 384 px, non-square: an 8 x 12 grid at down.2.1
     mask = torch.zeros(1, 256, 384)
     mask[:, :128, 192:] = 1.0  # top-right quarter
@@ -66,7 +56,7 @@ def test_atlas_grows_over_runs_and_shows_the_planted_feature_where_it_was_painte
         recording, image = run(sdxl, sae, vae, seed, latent, mask)
         summary = SAEBuildAtlas.execute(recording, sae, image, prompt=f"run {seed}", seed=seed, top_n=2).result[0]
     assert summary.startswith("tiny.atlas: 3 generations seen")
-    atlas = FeatureAtlas.load(sae_root / "tiny.atlas")
+    atlas = FeatureAtlas.load(sae_models_dir / "tiny.atlas")
     assert atlas.meta["fingerprint"] == sae.fingerprint()
     detail = atlas.feature(PLANTED)
     assert len(detail["examples"]) == 2  # top 2 of 3 runs
@@ -75,26 +65,26 @@ def test_atlas_grows_over_runs_and_shows_the_planted_feature_where_it_was_painte
     assert heat.shape == (8, 12)
     inside, outside = heat[:4, 6:], np.concatenate([heat[4:].ravel(), heat[:4, :6].ravel()])
     assert inside.min() > 0 and inside.mean() > 5 * max(outside.mean(), 1e-6)
-    thumbs = sorted(p.name for p in (sae_root / "tiny.atlas" / "thumbs").glob("*.jpg"))
+    thumbs = sorted(p.name for p in (sae_models_dir / "tiny.atlas" / "thumbs").glob("*.jpg"))
     assert thumbs and all(int(t[:-4]) in atlas.codes for t in thumbs)
     # the planted feature is among the most frequent features of the atlas
     ranked = [r["id"] for r in atlas.summary(sort="mean_activation")["features"][:3]]
     assert PLANTED in ranked
 
 
-def test_batch_of_two_adds_two_generations(sdxl, vae, sae_root):
-    save_sae(tiny_sae(), sae_root / "tiny.safetensors")
-    sae = load_sae(sae_root / "tiny.safetensors")
+def test_batch_of_two_adds_two_generations(sdxl, vae, sae_models_dir):
+    save_sae(tiny_sae(), sae_models_dir / "tiny.safetensors")
+    sae = load_sae(sae_models_dir / "tiny.safetensors")
     recording, image = run(sdxl, sae, vae, 5, torch.zeros(2, 4, 32, 32), torch.ones(1, 32, 32))
     SAEBuildAtlas.execute(recording, sae, image, prompt="pair", seed=10, atlas_name="pairs")
-    atlas = FeatureAtlas.load(sae_root / "pairs.atlas")
+    atlas = FeatureAtlas.load(sae_models_dir / "pairs.atlas")
     assert atlas.next_id == 2
     assert sorted(e["seed"] for e in atlas.feature(PLANTED)["examples"]) == [10, 11]
 
 
-def test_build_atlas_errors(sdxl, vae, sae_root):
-    save_sae(tiny_sae(), sae_root / "tiny.safetensors")
-    sae = load_sae(sae_root / "tiny.safetensors")
+def test_build_atlas_errors(sdxl, vae, sae_models_dir):
+    save_sae(tiny_sae(), sae_models_dir / "tiny.safetensors")
+    sae = load_sae(sae_models_dir / "tiny.safetensors")
     recording, image = run(sdxl, sae, vae, 1, torch.zeros(1, 4, 32, 32), torch.ones(1, 32, 32))
     SAEBuildAtlas.execute(recording, sae, image)
     other = tiny_sae(seed=9)

@@ -229,22 +229,12 @@ def test_steer_errors_for_models_and_saes_that_do_not_fit(sdxl):
 
 
 # ---------------------------------------------------------------- Load SAE
-@pytest.fixture
-def sae_folder(tmp_path, monkeypatch):
-    import folder_paths
-
-    root = tmp_path / "sae"
-    root.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(root)], {".safetensors"}))
-    return root
-
-
-def test_loader_lists_and_loads_every_format(sae_folder):
+def test_loader_lists_and_loads_every_format(sae_models_dir):
     from checkpoint_writers import write_sparsify, write_unbox
 
-    save_sae(make_sae(128, "unet.down_blocks.2.attentions.1"), sae_folder / "mine.safetensors")
-    write_unbox(sae_folder / "unbox", d=32, n=64, k=4)
-    write_sparsify(sae_folder / "saeuron", d=32, expansion=2, k=4)
+    save_sae(make_sae(128, "unet.down_blocks.2.attentions.1"), sae_models_dir / "mine.safetensors")
+    write_unbox(sae_models_dir / "unbox", d=32, n=64, k=4)
+    write_sparsify(sae_models_dir / "saeuron", d=32, expansion=2, k=4)
     options = SAELoader.define_schema().inputs[0].options
     assert options == ["mine.safetensors", "saeuron/unet.up_blocks.1.attentions.1",
                        "unbox/unet.down_blocks.2.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001/final", "none"]
@@ -259,7 +249,7 @@ def test_loader_lists_and_loads_every_format(sae_folder):
         SAELoader.execute("gone.safetensors")
 
 
-def test_loader_hub_download_lands_in_models_sae(sae_folder, monkeypatch):
+def test_loader_hub_download_lands_in_models_sae(sae_models_dir, monkeypatch):
     import huggingface_hub.constants
     from checkpoint_writers import write_sparsify
 
@@ -267,7 +257,7 @@ def test_loader_hub_download_lands_in_models_sae(sae_folder, monkeypatch):
     with pytest.raises(ValueError, match="Load SAE: could not get bcywinski/SAeUron"):
         SAELoader.execute("none", "bcywinski/SAeUron", "unet.up_blocks.1.attentions.2")
     # what an earlier (online) download left in models/sae is used offline, and listed
-    write_sparsify(sae_folder / "bcywinski__SAeUron", hook="unet.up_blocks.1.attentions.2", d=32, expansion=2, k=4)
+    write_sparsify(sae_models_dir / "bcywinski__SAeUron", hook="unet.up_blocks.1.attentions.2", d=32, expansion=2, k=4)
     sae, _ = SAELoader.execute("none", "bcywinski/SAeUron", "unet.up_blocks.1.attentions.2").result
     assert sae.hookpoint == "unet.up_blocks.1.attentions.2"
     assert "bcywinski__SAeUron/unet.up_blocks.1.attentions.2" in SAELoader.define_schema().inputs[0].options

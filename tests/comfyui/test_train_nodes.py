@@ -38,12 +38,11 @@ def dataset(sdxl, tmp_path_factory):
 
 
 @pytest.fixture
-def comfy_dirs(tmp_path, monkeypatch):
+def comfy_dirs(tmp_path, monkeypatch, sae_models_dir):
     import folder_paths
 
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae", ([str(tmp_path / "sae")], {".safetensors"}))
     comfy.model_management.interrupt_current_processing(False)
     yield tmp_path
     comfy.model_management.interrupt_current_processing(False)
