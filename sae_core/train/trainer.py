@@ -114,15 +114,13 @@ class SAETrainer:
         mmap threshold, so each step would fault its pages in again (7% of a 1280->5120 step); CUDA's caching
         allocator already reuses memory."""
         amp = self._amp_dtype()
-        if amp is not None:
-            with torch.autocast(self.device.type, dtype=amp):
-                return torch.addmm(b_enc, x_c, W_enc.t())
-        if self.device.type != "cpu":
+        if amp is None and self.device.type == "cpu":
+            shape = (x_c.shape[0], W_enc.shape[0])
+            if self._pre is None or self._pre.shape != shape:
+                self._pre = torch.empty(shape, dtype=torch.float32)
+            return torch.addmm(b_enc, x_c, W_enc.t(), out=self._pre)
+        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
             return torch.addmm(b_enc, x_c, W_enc.t())
-        shape = (x_c.shape[0], W_enc.shape[0])
-        if self._pre is None or self._pre.shape != shape:
-            self._pre = torch.empty(shape, dtype=torch.float32)
-        return torch.addmm(b_enc, x_c, W_enc.t(), out=self._pre)
 
     def _amp_dtype(self) -> torch.dtype | None:
         """The encoder matmul's autocast dtype: CUDA only (reduced-precision matmuls are slower on CPU).
