@@ -108,16 +108,28 @@ def call_context(transformer_options: dict) -> CallContext:
     return CallContext(kinds, sigma, schedule)
 
 
+def transformer_options_of(args: tuple, kwargs: dict) -> dict:
+    """ComfyUI's transformer_options from a block call, wherever the caller put it.
+
+    ``SpatialTransformer.forward(x, context=None, transformer_options={})`` is called positionally by
+    ``forward_timestep_embed`` today; a keyword, another position or a newer signature must work too.
+    """
+    options = kwargs.get("transformer_options")
+    if isinstance(options, dict):
+        return options
+    return next((a for a in reversed(args) if isinstance(a, dict)), {})
+
+
 def install_block_patch(model, block: Block, patch: BlockPatch, label: str):
     """A clone of ``model`` whose ``block`` output goes through ``patch(x_in, y_out, ctx)``."""
     patched = model.clone()
     key = f"diffusion_model.{block.comfy}.forward"
     inner = patched.get_model_object(key)  # the module's forward, or an earlier patch: patches chain
 
-    def forward(x, context=None, transformer_options={}):  # noqa: B006 - ComfyUI's own signature
-        y = inner(x, context, transformer_options)
+    def forward(x, *args, **kwargs):  # every argument ComfyUI gives is passed through unchanged
+        y = inner(x, *args, **kwargs)
         try:
-            return patch(x, y, call_context(transformer_options))
+            return patch(x, y, call_context(transformer_options_of(args, kwargs)))
         except SAEError as exc:
             raise node_error(label, exc) from None
 

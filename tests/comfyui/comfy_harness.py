@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,22 @@ import comfy.cli_args  # noqa: E402
 comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
 
 PACK_NAME = "sae_lab_pack"
+
+
+def _read_version(root: Path) -> tuple[int, ...]:
+    """ComfyUI's own version (comfyui_version.py), e.g. (0, 33, 0); (0,) when the checkout has none."""
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', (root / "comfyui_version.py").read_text()) \
+        if (root / "comfyui_version.py").is_file() else None
+    return tuple(int(p) for p in re.findall(r"\d+", match.group(1))[:3]) if match else (0,)
+
+
+COMFYUI_VERSION = _read_version(Path(COMFYUI_PATH))
+# Since ComfyUI 0.8, /prompt checks V3 Combo values itself (400 value_not_in_list before the node runs);
+# older versions leave that to the node.
+SERVER_VALIDATES_COMBOS = COMFYUI_VERSION >= (0, 8)
+# 0.3.64 offers forward_timestep_embed_patch only to layers no other branch handles; by 0.33 it is checked first,
+# so another pack can replace the SpatialTransformer call itself.
+TRANSFORMER_CALL_REPLACEABLE = COMFYUI_VERSION >= (0, 33)
 
 
 def load_pack():

@@ -63,9 +63,12 @@ def page(server):
             exc.stack or "") else None)
         page.goto(server.url)
         page.wait_for_function("() => window.app && window.app.graph && window.SAELab", timeout=120_000)
-        for _ in range(10):  # a fresh user gets a welcome/templates dialog; close it like a person would
+        # a fresh user gets a welcome/templates dialog; close it like a person would. Found by role (frontend
+        # 1.49+) or by PrimeVue's mask (older frontends)
+        dialogs = page.locator("[role=dialog], .p-dialog-mask")
+        for _ in range(20):
             page.wait_for_timeout(500)
-            if page.locator(".p-dialog-mask").count() == 0:
+            if dialogs.count() == 0:
                 break
             page.keyboard.press("Escape")
         page.errors = errors
@@ -159,9 +162,9 @@ def test_example_workflow_loads_in_the_frontend_with_every_widget_in_place(page,
                                            values: (n.widgets || []).filter(w => w.serialize !== false)
                                                                     .map(w => w.value)}));
     }""", saved)
-    by_id = {n["id"]: n for n in loaded}
+    by_id = {str(n["id"]): n for n in loaded}  # newer frontends read node ids back as strings
     for node in saved["nodes"]:
-        shown = by_id[node["id"]]
+        shown = by_id[str(node["id"])]
         assert shown["known"], f"{node['type']} is not a registered node type"
         if node.get("widgets_values") is not None and node["type"] not in ("Note", "MarkdownNote"):
             assert shown["values"] == node["widgets_values"], f"{workflow.name}: {node['type']} widgets"

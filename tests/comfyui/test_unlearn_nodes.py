@@ -276,7 +276,9 @@ def test_progress_over_prompts_batching_does_not_change_the_profile_and_cancel_s
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
     try:
         one, _, _ = profile_node(model, sae, TARGET[:2], OTHER[:2], steps=1, latent=(16, 16), batch_size=1)
-        assert updates == [(1, 4), (2, 4), (3, 4), (4, 4)]
+        # one update per prompt; newer ComfyUI throttles the ones between the first and the last
+        assert updates[0] == (1, 4) and updates[-1] == (4, 4) and {t for _, t in updates} == {4}
+        assert [v for v, _ in updates] == sorted({v for v, _ in updates}) and len(updates) <= 4
         four, _, _ = profile_node(model, sae, TARGET[:2], OTHER[:2], steps=1, latent=(16, 16), batch_size=4)
         assert torch.allclose(one.target_mean, four.target_mean, rtol=1e-4, atol=1e-5)
         assert torch.allclose(one.other_mean, four.other_mean, rtol=1e-4, atol=1e-5)

@@ -7,6 +7,7 @@ layout) where Load SAE downloads them, with the server offline.
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -66,9 +67,23 @@ def test_bad_inputs_are_reported_with_the_node_name(server):
     assert status == 400 and steer_id in answer["node_errors"]
     for field, value, message in (
             ("features", "99999", "SAE Feature Steer: feature 99999 does not exist: this SAE has 5120 features"),
-            ("mode", "boost", "SAE Feature Steer: mode 'boost' is not valid; valid: add, scale, ablate"),
             ("block", "up.9.9", "SAE Feature Steer: block 'up.9.9' does not exist in this TinySDXL model")):
         failing = copy.deepcopy(prompt)
         failing[steer_id]["inputs"][field] = value
         with pytest.raises(AssertionError, match=message):
             server.run(failing)
+
+
+def test_a_choice_not_offered_is_refused_by_the_server_or_the_node(server):
+    """0.8+ checks Combo values in /prompt (400, the node in node_errors); older servers leave it to the node."""
+    prompt = tiny_prompt(comfy_harness.REPO / "example_workflows" / "sdxl_turbo_ablate_feature.json",
+                         server.object_info)
+    steer_id = next(k for k, v in prompt.items() if v["class_type"] == "SAEFeatureSteer")
+    prompt[steer_id]["inputs"]["mode"] = "boost"
+    if comfy_harness.SERVER_VALIDATES_COMBOS:
+        status, answer = server.post("/prompt", {"prompt": prompt})
+        assert status == 400 and steer_id in answer["node_errors"]
+        assert "mode" in json.dumps(answer["node_errors"][steer_id])
+    else:
+        with pytest.raises(AssertionError, match="SAE Feature Steer: mode 'boost' is not valid; valid: add, scale"):
+            server.run(prompt)

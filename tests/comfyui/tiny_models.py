@@ -138,10 +138,10 @@ class BlockProbe:
         key = f"diffusion_model.{comfy_path}.forward"
         inner = self.model.get_model_object(key)
 
-        def forward(x, context=None, transformer_options={}):  # noqa: B006
-            y = inner(x, context, transformer_options)
-            self.calls.append((x.detach().clone(), y.detach().clone(),
-                               list(transformer_options.get("cond_or_uncond", []))))
+        def forward(x, *args, **kwargs):
+            y = inner(x, *args, **kwargs)
+            options = kwargs.get("transformer_options") or next((a for a in args if isinstance(a, dict)), {})
+            self.calls.append((x.detach().clone(), y.detach().clone(), list(options.get("cond_or_uncond", []))))
             return y
 
         self.model.add_object_patch(key, forward)
