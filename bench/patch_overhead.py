@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from comfy_setup import PAPER_BLOCKS, full_sdxl, interleaved, report, setup_comfy, step_timer
 
 

@@ -15,7 +15,6 @@ import argparse
 import time
 
 import torch
-
 from comfy_setup import PAPER_BLOCKS, full_sdxl, interleaved, report, setup_comfy, step_timer
 
 
@@ -24,9 +23,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     setup_comfy()
-    from sae_lab_pack.nodes.record import SAERecordActivations
+    from sae_lab_pack.nodes.observe import SAERecordActivations
     from sae_lab_pack.sae_core import SparseAutoencoder
-    from sae_lab_pack.sae_core.recording import RecordPatch
+    from sae_lab_pack.sae_core.observe.recording import RecordPatch
 
     inside = [0.0]
     original_call = RecordPatch.__call__

@@ -19,7 +19,6 @@ import argparse
 import time
 
 import torch
-
 from comfy_setup import full_sd15, interleaved, report, setup_comfy, step_timer
 
 HOOK = "unet.up_blocks.1.attentions.2"
@@ -31,11 +30,11 @@ def main() -> None:
     parser.add_argument("--step-repeats", type=int, default=3, help="whole-step repeats (0: skip)")
     args = parser.parse_args()
     setup_comfy()
-    from sae_lab_pack.nodes.comfy_glue import install_block_patch, model_block_layout
+    from sae_lab_pack.nodes.patching import install_block_patch, model_block_layout
     from sae_lab_pack.sae_core import SparseAutoencoder
-    from sae_lab_pack.sae_core.block_call import CallContext
-    from sae_lab_pack.sae_core.concept_profile import LatentRecorder
-    from sae_lab_pack.sae_core.unlearn import ConceptSelection, StepSelection, UnlearnPatch
+    from sae_lab_pack.sae_core.blocks.context import CallContext
+    from sae_lab_pack.sae_core.edits.unlearn import ConceptSelection, StepSelection, UnlearnPatch
+    from sae_lab_pack.sae_core.observe.concept_profile import LatentRecorder
 
     model = full_sd15()
     sae = SparseAutoencoder(1280, 20480, 32, hookpoint=HOOK, input_kind="output")

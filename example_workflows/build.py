@@ -9,8 +9,8 @@ tests/comfyui/test_workflows_http.py runs every one of them through ComfyUI's HT
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,27 +1,20 @@
 """ComfyUI nodes of SAE Lab: thin adapters from sockets to sae_core, one module per capability family.
 
-Every module of this package that defines ``NODES`` contributes its node classes.
+Registration is explicit and happens once, when ComfyUI loads the pack: the model folders, the atlas routes
+on ComfyUI's server, then the node list below.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from comfy_api.latest import ComfyExtension, io
+from . import atlas, collect, find, folders, observe, routes, sae, steer, train, unlearn
 
-from .comfy_glue import SAE_FOLDER, register_model_folder
-
-register_model_folder(SAE_FOLDER, {".safetensors"})
+NODE_MODULES = (sae, steer, observe, unlearn, find, atlas, collect, train)
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    found: list[type[io.ComfyNode]] = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        found.extend(getattr(module, "NODES", []))
-    return found
+    return [node for module in NODE_MODULES for node in module.NODES]
 
 
 class SAELabExtension(ComfyExtension):
@@ -31,4 +24,6 @@ class SAELabExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> SAELabExtension:
+    folders.register_folders()
+    routes.register_routes()
     return SAELabExtension()

@@ -5,38 +5,40 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from comfy_api.latest import io, ui
 
-from ..sae_core import analysis
-from ..sae_core.atlas import ATLAS_SUFFIX, Example, FeatureAtlas, atlas_dir_for
-from ..sae_core.errors import SAEError, SAEInputError
-from .comfy_glue import SAE, SAE_FOLDER, model_folder_paths, node_error
-from .record import RECORDING, check_image
+from ..sae_core.atlas.feature_atlas import ATLAS_SUFFIX, Example, FeatureAtlas, atlas_dir_for
+from ..sae_core.errors import SAEInputError
+from ..sae_core.observe import analysis
+from ..sae_core.validate import check_number, check_text, is_inside
+from . import folders
+from .base import SAENode
+from .sockets import RECORDING, SAE
 
 CATEGORY = "SAE Lab/explore"
-BUILD = "SAE Build Atlas"
 
 
 def atlas_folder(sae, atlas_name: str) -> Path:
-    """Beside the SAE file/folder, or models/sae/<atlas_name>.atlas when named (or when the SAE has no file)."""
-    name = (atlas_name or "").strip()
+    """Beside the SAE file/folder (inside models/sae), or models/sae/<atlas_name>.atlas when named (or when the
+    SAE has no file there)."""
+    name = check_text("atlas_name", atlas_name or "", 120, single_line=True).strip()
     if name:
-        if "/" in name or "\\" in name or name.startswith(".") or len(name) > 120:
+        if "/" in name or "\\" in name or name.startswith("."):
             raise SAEInputError(f"atlas_name {name!r} must be a plain name (no folders), at most 120 characters")
-        return Path(model_folder_paths(SAE_FOLDER)[0]) / (name.removesuffix(ATLAS_SUFFIX) + ATLAS_SUFFIX)
-    if not sae.source_path:
-        raise SAEInputError("this SAE was not loaded from a file, so the atlas has no place beside it; "
+        return folders.target(folders.SAE_FOLDER, name.removesuffix(ATLAS_SUFFIX) + ATLAS_SUFFIX, "atlas_name")
+    beside = atlas_dir_for(sae.source_path) if sae.source_path else None
+    if beside is None or not any(is_inside(root, beside.parent) for root in folders.roots(folders.SAE_FOLDER)):
+        raise SAEInputError("this SAE was not loaded from a file in models/sae, so the atlas has no place beside it; "
                             "type an atlas_name (it is saved as models/sae/<atlas_name>.atlas)")
-    return atlas_dir_for(sae.source_path)
+    return beside
 
 
-class SAEBuildAtlas(io.ComfyNode):
+class SAEBuildAtlas(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAEBuildAtlas",
-            display_name=BUILD,
+            display_name="SAE Build Atlas",
             category=CATEGORY,
             description=(
                 "Adds this run's generations to the SAE's feature atlas: for every feature, the N generations "
@@ -68,24 +70,25 @@ class SAEBuildAtlas(io.ComfyNode):
     @classmethod
     def execute(cls, recording, sae, image, prompt: str = "", seed: int = 0, top_n: int = 8, step: int = -1,
                 atlas_name: str = "") -> io.NodeOutput:
-        try:
-            if recording.n_latents != sae.n_latents:
-                raise SAEInputError(f"the recording has {recording.n_latents} features but the SAE has "
-                                    f"{sae.n_latents}: connect the SAE that was recorded")
-            analysis.check_recorded(recording)
-            check_image(recording, image)
-            folder = atlas_folder(sae, atlas_name)
-            atlas = FeatureAtlas.open_for(folder, sae, top_n)
-            batch = analysis.recorded_batch(recording)
-            pictures = image.detach().cpu().numpy()
-            for item in range(batch):
-                selection = analysis.select(recording, "positive", item, step)
-                code = analysis.aggregated_code(selection, recording.keep)
-                atlas.add(Example(code, prompt=prompt, seed=seed + item if batch > 1 else seed,
-                                  thumbnail=np.asarray(pictures[item])))
-            atlas.save(folder)
-        except SAEError as exc:
-            raise node_error(BUILD, exc) from None
+        check_number("seed", seed, 0, 0xFFFFFFFFFFFFFFFF, integer=True)
+        check_number("top_n", top_n, 1, 64, integer=True)
+        check_number("step", step, -1, 1000, integer=True)
+        prompt = check_text("prompt", prompt or "", 10_000)
+        if recording.n_latents != sae.n_latents:
+            raise SAEInputError(f"the recording has {recording.n_latents} features but the SAE has "
+                                f"{sae.n_latents}: connect the SAE that was recorded")
+        analysis.check_recorded(recording)
+        analysis.check_image(recording, image)
+        folder = atlas_folder(sae, atlas_name)
+        atlas = FeatureAtlas.open_for(folder, sae, top_n)
+        batch = analysis.recorded_batch(recording)
+        pictures = image.detach().cpu().numpy()
+        for item in range(batch):
+            selection = analysis.select(recording, "positive", item, step)
+            code = analysis.aggregated_code(selection, recording.keep)
+            atlas.add(Example(code, prompt=prompt, seed=seed + item if batch > 1 else seed,
+                              thumbnail=np.asarray(pictures[item])))
+        atlas.save(folder)
         fired = int((atlas.top_gens[:, 0] >= 0).sum())
         summary = (f"{folder.name}: {atlas.next_id} generations seen, {fired} of {atlas.n_latents} features have "
                    f"examples; open the SAE Atlas sidebar to browse")

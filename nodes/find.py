@@ -3,22 +3,22 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..sae_core.atlas import atlas_name_for
-from ..sae_core.blocks import short_code
-from ..sae_core.contrast import DIRECTIONS, contrast_chart, contrast_features, contrast_table, ids_text
-from ..sae_core.errors import SAEError
-from .comfy_glue import SAE, SAE_FOLDER, image_tensor, model_folder_paths, node_error
-from .unlearn import CONCEPT
+from ..sae_core.atlas.feature_atlas import atlas_name_for
+from ..sae_core.blocks.names import short_code
+from ..sae_core.errors import SAEInputError
+from ..sae_core.observe.contrast import DIRECTIONS, contrast_chart, contrast_features, contrast_table, ids_text
+from ..sae_core.validate import check_choice, check_number
+from . import folders
+from .base import SAENode, image_tensor
+from .sockets import CONCEPT, SAE
 
-NODE = "SAE Find Features"
 
-
-class SAEFindFeatures(io.ComfyNode):
+class SAEFindFeatures(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAEFindFeatures",
-            display_name=NODE,
+            display_name="SAE Find Features",
             category="SAE Lab/explore",
             description=(
                 "Ranks the SAE features that fire more for a concept's target prompts than for its contrast "
@@ -45,19 +45,18 @@ class SAEFindFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, concept, sae, top_n: int = 5, direction: str = "target") -> io.NodeOutput:
-        try:
-            concept.check_compatible(sae)
-            found = contrast_features(concept, top_n, direction)
-        except SAEError as exc:
-            raise node_error(NODE, exc) from None
+        check_number("top_n", top_n, 1, 100, integer=True)
+        check_choice("direction", direction, DIRECTIONS)
+        concept.check_compatible(sae)
+        found = contrast_features(concept, top_n, direction)
         if not found:
-            raise node_error(NODE, SAEError(
+            raise SAEInputError(
                 f"no feature fires more for the {direction} prompts of concept '{concept.name}' than for the others; "
-                f"make the two prompt sets differ in the concept only, with more prompts"))
+                f"make the two prompt sets differ in the concept only, with more prompts")
         title = f"concept '{concept.name}' at {short_code(concept.block)}: features of the {direction} prompts"
         table = contrast_table(found, title)
         ids = ids_text(found)
-        atlas = atlas_name_for(sae.source_path, model_folder_paths(SAE_FOLDER)) or ""
+        atlas = atlas_name_for(sae.source_path, folders.roots(folders.SAE_FOLDER)) or ""
         shown = {"text": (table,), "sae_lab_features": [f.feature for f in found], "sae_lab_atlas": (atlas,)}
         return io.NodeOutput(ids, table, image_tensor(contrast_chart(found, title)), ui=shown)
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..sae_core.block_call import PASSES
-from ..sae_core.errors import SAEError
-from ..sae_core.steering import MODES, FeatureSteering, SteerPatch, parse_feature_list
-from .comfy_glue import SAE, install_block_patch, node_error, resolve_block, step_window
+from ..sae_core.blocks.passes import STEER_PASSES
+from ..sae_core.edits.steering import MAX_STRENGTH, MODES, FeatureSteering, SteerPatch
+from ..sae_core.sae.feature_ids import parse_feature_list
+from ..sae_core.validate import check_choice, check_number
+from .base import SAENode
+from .patching import install_block_patch, resolve_block, step_window
+from .sockets import SAE
 
 NODE = "SAE Feature Steer"
 
@@ -19,7 +22,7 @@ MODE_HELP = (
 )
 
 
-class SAEFeatureSteer(io.ComfyNode):
+class SAEFeatureSteer(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -39,7 +42,7 @@ class SAEFeatureSteer(io.ComfyNode):
                                 tooltip="Feature ids, optionally with their own strength: '4998' or "
                                         "'4998:10, 2301:-5'. A plain id uses the strength below."),
                 io.Combo.Input("mode", options=list(MODES), default="add", tooltip=MODE_HELP),
-                io.Float.Input("strength", default=10.0, min=-100.0, max=100.0, step=0.1,
+                io.Float.Input("strength", default=10.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.1,
                                tooltip="Paper units: for add/clamp/replace a multiple of the feature's mean "
                                        "activation (when the SAE has statistics, else raw); for scale the "
                                        "factor added to 1. 0 leaves the image unchanged in add and scale."),
@@ -51,7 +54,7 @@ class SAEFeatureSteer(io.ComfyNode):
                                tooltip="Start of the edit, as a fraction of the sampling schedule."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                                tooltip="End of the edit, as a fraction of the sampling schedule."),
-                io.Combo.Input("passes", options=list(PASSES), default="positive",
+                io.Combo.Input("passes", options=list(STEER_PASSES), default="positive",
                                tooltip="Which CFG passes to edit. At cfg 1 (SDXL Turbo) there is only the "
                                        "positive pass. 'positive, negated on negative' is the paper's choice "
                                        "for SDXL base."),
@@ -66,12 +69,12 @@ class SAEFeatureSteer(io.ComfyNode):
     def execute(cls, model, sae, features: str, mode: str, strength: float, block: str = "",
                 start_percent: float = 0.0, end_percent: float = 1.0, passes: str = "positive",
                 mask=None) -> io.NodeOutput:
-        try:
-            target = resolve_block(model, sae, block)
-            steering = FeatureSteering(sae, parse_feature_list(features, sae.n_latents, strength), mode)
-            patch = SteerPatch(steering, step_window(model, start_percent, end_percent), passes, mask)
-        except SAEError as exc:
-            raise node_error(NODE, exc) from None
+        check_choice("mode", mode, MODES)
+        check_choice("passes", passes, STEER_PASSES)
+        strength = check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
+        target = resolve_block(model, sae, block)
+        steering = FeatureSteering(sae, parse_feature_list(features, sae.n_latents, strength, MAX_STRENGTH), mode)
+        patch = SteerPatch(steering, step_window(model, start_percent, end_percent), passes, mask)
         return io.NodeOutput(install_block_patch(model, target, patch, NODE))
 
 

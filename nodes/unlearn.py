@@ -1,30 +1,34 @@
 """SAeUron concept unlearning: record a concept profile, suppress its SAE features, save and load profiles."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-
-import comfy.samplers
 from comfy_api.latest import io, ui
 
-from ..sae_core.blocks import short_code
-from ..sae_core.concept_profile import ConceptProfile, check_prompt_sets, parse_prompts
+from ..sae_core.blocks.names import short_code
+from ..sae_core.blocks.passes import UNLEARN_PASSES
+from ..sae_core.edits.unlearn import (
+    DEFAULT_MULTIPLIER,
+    DEFAULT_PERCENTILE,
+    MAX_MULTIPLIER,
+    PERCENTILE_RANGE,
+    UnlearnPatch,
+    select_concept,
+)
+from ..sae_core.edits.unlearn_preview import selection_chart, selection_report
 from ..sae_core.errors import SAEError, SAEInputError
-from ..sae_core.unlearn import (DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, UNLEARN_PASSES, UnlearnPatch,
-                                select_concept)
-from ..sae_core.unlearn_preview import selection_chart, selection_report
-from .comfy_glue import (SAE, image_tensor, install_block_patch, model_folder_paths, node_error, register_model_folder,
-                         resolve_block, step_window)
-from .concept_sampling import record_profile
+from ..sae_core.observe.concept_profile import ConceptProfile, check_prompt_sets
+from ..sae_core.prompts import parse_prompts
+from ..sae_core.validate import check_choice, check_number, check_text, relative_parts
+from . import folders
+from .base import SAENode, image_tensor
+from .patching import install_block_patch, resolve_block, step_window
+from .sampling import MAX_BATCH, MAX_SEED, MAX_SIDE, SamplingSettings, record_profile, sampler_inputs
+from .sockets import CONCEPT, SAE
 
-CONCEPT = io.Custom("SAE_CONCEPT")
-CONCEPT_FOLDER = "sae_concepts"
 NONE = "none"
 EXTRA_CONCEPTS = ("concept_2", "concept_3", "concept_4")
-
-register_model_folder(CONCEPT_FOLDER, {".safetensors"})
 
 
 def preview(selections) -> tuple[str, torch.Tensor]:
@@ -39,14 +43,12 @@ MULTIPLIER_HELP = ("Where a selected feature fires above its threshold it is mul
                    "the concept x multiplier). -1 for styles (paper); objects need -1 to -30. 0 removes it.")
 
 
-class SAEConceptProfile(io.ComfyNode):
-    NODE = "SAE Concept Profile"
-
+class SAEConceptProfile(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAEConceptProfile",
-            display_name=cls.NODE,
+            display_name="SAE Concept Profile",
             category="SAE Lab/unlearning",
             description=(
                 "Samples every target prompt (showing the concept to unlearn) and every other prompt (the contrast "
@@ -67,23 +69,22 @@ class SAEConceptProfile(io.ComfyNode):
                 io.String.Input("name", default="concept", tooltip="A name for the concept, shown in previews."),
                 io.String.Input("block", default="", tooltip="Leave empty to use the block the SAE was trained on "
                                                              "(e.g. up.1.2 for SAeUron's style SAE)."),
-                io.Int.Input("steps", default=20, min=1, max=200,
-                             tooltip="Sampling steps while recording. The profile applies to runs with any number of "
-                                     "steps (matched by noise level); SAeUron records 50."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG while recording (only the positive pass is recorded). Use the cfg you "
-                                       "generate with: 7.5 for SD1.5, 1.0 for SDXL Turbo."),
-                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
-                               tooltip="Sampler used while recording."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
-                               tooltip="Scheduler used while recording."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=False,
+                *sampler_inputs(
+                    20, 7.5, sampler_tip="Sampler used while recording.",
+                    scheduler_tip="Scheduler used while recording.",
+                    steps_tip="Sampling steps while recording. The profile applies to runs with any number of steps "
+                              "(matched by noise level); SAeUron records 50.",
+                    cfg_tip="CFG while recording (only the positive pass is recorded). Use the cfg you generate "
+                            "with: 7.5 for SD1.5, 1.0 for SDXL Turbo."),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=False,
                              tooltip="Prompt i of each set uses the noise of seed + i, so both sets start from the "
                                      "same noises. Fixed (not randomised after each queue), so the profile is "
                                      "computed once and then served from the cache."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Image width while recording."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height while recording."),
-                io.Int.Input("batch_size", default=4, min=1, max=64,
+                io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=8,
+                             tooltip="Image width while recording."),
+                io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=8,
+                             tooltip="Image height while recording."),
+                io.Int.Input("batch_size", default=4, min=1, max=MAX_BATCH,
                              tooltip="Prompts sampled together in one sampler call (more is faster, needs more "
                                      "memory)."),
             ],
@@ -102,28 +103,25 @@ class SAEConceptProfile(io.ComfyNode):
                 block: str = "", steps: int = 20, cfg: float = 7.5, sampler_name: str = "euler",
                 scheduler: str = "normal", seed: int = 0, width: int = 512, height: int = 512,
                 batch_size: int = 4) -> io.NodeOutput:
-        try:
-            target = parse_prompts(target_prompts, "target")
-            other = parse_prompts(other_prompts, "other")
-            check_prompt_sets(target, other)
-            where = resolve_block(model, sae, block)
-            profile = record_profile(model, clip, sae, where, target, other, name=(name or "").strip() or "concept",
-                                     steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler, seed=seed,
-                                     width=width, height=height, batch_size=batch_size, label=cls.NODE)
-            text, chart = preview([select_concept(profile)])
-        except SAEError as exc:
-            raise node_error(cls.NODE, exc) from None
+        target = parse_prompts(target_prompts, "target")
+        other = parse_prompts(other_prompts, "other")
+        check_prompt_sets(target, other)
+        name = check_text("name", name or "", 120, single_line=True).strip() or "concept"
+        settings = SamplingSettings.checked(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler,
+                                            seed=seed, width=width, height=height, batch_size=batch_size)
+        where = resolve_block(model, sae, block)
+        profile = record_profile(model, clip, sae, where, target, other, name=name, settings=settings,
+                                 label="SAE Concept Profile")
+        text, chart = preview([select_concept(profile)])
         return io.NodeOutput(profile, text, chart, ui=ui.PreviewText(text))
 
 
-class SAEUnlearnConcept(io.ComfyNode):
-    NODE = "SAE Unlearn Concept"
-
+class SAEUnlearnConcept(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAEUnlearnConcept",
-            display_name=cls.NODE,
+            display_name="SAE Unlearn Concept",
             category="SAE Lab/unlearning",
             description=(
                 "SAeUron concept unlearning: at every step, the SAE features most specific to the concept (by the "
@@ -135,10 +133,10 @@ class SAEUnlearnConcept(io.ComfyNode):
                 io.Model.Input("model"),
                 SAE.Input("sae"),
                 CONCEPT.Input("concept", tooltip="A profile from SAE Concept Profile or SAE Load Concept."),
-                io.Float.Input("percentile", default=DEFAULT_PERCENTILE, min=0.0, max=100.0, step=0.001,
-                               tooltip=PERCENTILE_HELP),
-                io.Float.Input("multiplier", default=DEFAULT_MULTIPLIER, min=-100.0, max=100.0, step=0.1,
-                               tooltip=MULTIPLIER_HELP),
+                io.Float.Input("percentile", default=DEFAULT_PERCENTILE, min=PERCENTILE_RANGE[0],
+                               max=PERCENTILE_RANGE[1], step=0.001, tooltip=PERCENTILE_HELP),
+                io.Float.Input("multiplier", default=DEFAULT_MULTIPLIER, min=-MAX_MULTIPLIER, max=MAX_MULTIPLIER,
+                               step=0.1, tooltip=MULTIPLIER_HELP),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Start of the edit, as a fraction of the sampling schedule."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
@@ -161,53 +159,45 @@ class SAEUnlearnConcept(io.ComfyNode):
     def execute(cls, model, sae, concept, percentile: float = DEFAULT_PERCENTILE,
                 multiplier: float = DEFAULT_MULTIPLIER, start_percent: float = 0.0, end_percent: float = 1.0,
                 passes: str = "both", concept_2=None, concept_3=None, concept_4=None) -> io.NodeOutput:
-        try:
-            concepts = [c for c in (concept, concept_2, concept_3, concept_4) if c is not None]
-            blocks = {c.block for c in concepts}
-            if len(blocks) > 1:
-                listing = ", ".join(f"'{c.name}' at {short_code(c.block)}" for c in concepts)
-                raise SAEInputError(f"the concepts were recorded at different blocks ({listing}); one node edits one "
-                                    f"block: chain one SAE Unlearn Concept node per block")
-            for c in concepts:
-                c.check_compatible(sae)
-            where = resolve_block(model, sae, concepts[0].block)
-            selections = [select_concept(c, percentile, multiplier) for c in concepts]
-            patch = UnlearnPatch(sae, selections, step_window(model, start_percent, end_percent), passes)
-            text, chart = preview(selections)
-        except SAEError as exc:
-            raise node_error(cls.NODE, exc) from None
-        return io.NodeOutput(install_block_patch(model, where, patch, cls.NODE), text, chart,
+        check_choice("passes", passes, UNLEARN_PASSES)
+        check_number("percentile", percentile, *PERCENTILE_RANGE)
+        check_number("multiplier", multiplier, -MAX_MULTIPLIER, MAX_MULTIPLIER)
+        concepts = [c for c in (concept, concept_2, concept_3, concept_4) if c is not None]
+        blocks = {c.block for c in concepts}
+        if len(blocks) > 1:
+            listing = ", ".join(f"'{c.name}' at {short_code(c.block)}" for c in concepts)
+            raise SAEInputError(f"the concepts were recorded at different blocks ({listing}); one node edits one "
+                                f"block: chain one SAE Unlearn Concept node per block")
+        for c in concepts:
+            c.check_compatible(sae)
+        where = resolve_block(model, sae, concepts[0].block)
+        selections = [select_concept(c, percentile, multiplier) for c in concepts]
+        patch = UnlearnPatch(sae, selections, step_window(model, start_percent, end_percent), passes)
+        text, chart = preview(selections)
+        return io.NodeOutput(install_block_patch(model, where, patch, "SAE Unlearn Concept"), text, chart,
                              ui=ui.PreviewText(text))
 
 
 def list_concepts() -> list[str]:
     names: set[str] = set()
-    for root in model_folder_paths(CONCEPT_FOLDER):
-        if os.path.isdir(root):
+    for root in folders.roots(folders.CONCEPT_FOLDER):
+        if Path(root).is_dir():
             for path in Path(root).rglob("*.safetensors"):
-                names.add(path.relative_to(root).as_posix())
+                rel = folders.relative_name(folders.CONCEPT_FOLDER, path)
+                if rel is not None:
+                    names.add(rel)
     return sorted(names)
 
 
 def concept_path(name: str) -> Path:
-    for root in model_folder_paths(CONCEPT_FOLDER):
-        candidate = Path(root) / name
-        if candidate.is_file():
-            return candidate
-    folders = ", ".join(model_folder_paths(CONCEPT_FOLDER))
-    raise SAEInputError(f"{name!r} is not in any {CONCEPT_FOLDER} folder ({folders}); refresh the node list or pick "
-                        f"another concept")
+    return folders.find(folders.CONCEPT_FOLDER, name, "concept_name")
 
 
-def save_target(name: str) -> Path:
-    """models/sae_concepts/<name>.safetensors; sub-folders allowed, nothing outside the folder."""
-    clean = (name or "").strip().replace("\\", "/")
-    if clean.endswith(".safetensors"):
-        clean = clean[: -len(".safetensors")]
-    parts = [p for p in clean.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise SAEInputError(f"name {name!r} is not a valid file name; use e.g. 'vangogh' or 'styles/vangogh'")
-    return Path(model_folder_paths(CONCEPT_FOLDER)[0]).joinpath(*parts[:-1], parts[-1] + ".safetensors")
+def save_target(name: str) -> tuple[Path, str]:
+    """models/sae_concepts/<name>.safetensors (sub-folders allowed, nothing outside the folder), and its name."""
+    parts = relative_parts(str(name).strip().removesuffix(".safetensors"), "name")
+    shown = "/".join(parts) + ".safetensors"
+    return folders.target(folders.CONCEPT_FOLDER, shown, "name"), shown
 
 
 def _holds(path: Path, concept: ConceptProfile) -> bool:
@@ -217,14 +207,12 @@ def _holds(path: Path, concept: ConceptProfile) -> bool:
         return False
 
 
-class SAESaveConcept(io.ComfyNode):
-    NODE = "SAE Save Concept"
-
+class SAESaveConcept(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAESaveConcept",
-            display_name=cls.NODE,
+            display_name="SAE Save Concept",
             category="SAE Lab/unlearning",
             description=("Saves a concept profile to models/sae_concepts as .safetensors (means per step, plus the "
                          "SAE's fingerprint, block, prompts and sampling settings), so it is computed once and "
@@ -242,24 +230,20 @@ class SAESaveConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, concept, name: str = "concept", overwrite: bool = False) -> io.NodeOutput:
-        try:
-            path = save_target(name)
-            if path.exists() and not overwrite and not _holds(path, concept):
-                raise SAEInputError(f"{path} already holds another profile; turn on overwrite or pick another name")
-            concept.save(path)
-        except SAEError as exc:
-            raise node_error(cls.NODE, exc) from None
-        return io.NodeOutput(concept, ui=ui.PreviewText(f"saved {concept.describe()} to {path}"))
+        path, shown = save_target(name)
+        if path.exists() and not overwrite and not _holds(path, concept):
+            raise SAEInputError(f"{shown} already holds another profile in models/sae_concepts; turn on overwrite "
+                                f"or pick another name")
+        concept.save(path)
+        return io.NodeOutput(concept, ui=ui.PreviewText(f"saved {concept.describe()} to models/sae_concepts/{shown}"))
 
 
-class SAELoadConcept(io.ComfyNode):
-    NODE = "SAE Load Concept"
-
+class SAELoadConcept(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAELoadConcept",
-            display_name=cls.NODE,
+            display_name="SAE Load Concept",
             category="SAE Lab/unlearning",
             description=("Loads a concept profile saved by SAE Save Concept. It is checked against the SAE: a profile "
                          "made with another SAE (or, when block is set, at another block) is refused, because feature "
@@ -280,18 +264,16 @@ class SAELoadConcept(io.ComfyNode):
     def fingerprint_inputs(cls, concept_name: str, sae=None, block: str = ""):
         try:
             return (concept_name, block, concept_path(concept_name).stat().st_mtime)
-        except SAEError:
+        except (SAEError, OSError):
             return (concept_name, block)
 
     @classmethod
     def execute(cls, concept_name: str, sae, block: str = "") -> io.NodeOutput:
-        try:
-            if concept_name == NONE:
-                raise SAEInputError("no concept chosen: pick a profile saved in models/sae_concepts")
-            profile = ConceptProfile.load(concept_path(concept_name))
-            profile.check_compatible(sae, block)
-        except SAEError as exc:
-            raise node_error(cls.NODE, exc) from None
+        check_choice("concept_name", concept_name, list_concepts() + [NONE])
+        if concept_name == NONE:
+            raise SAEInputError("no concept chosen: pick a profile saved in models/sae_concepts")
+        profile = ConceptProfile.load(concept_path(concept_name))
+        profile.check_compatible(sae, check_text("block", block or "", 200, single_line=True))
         info = profile.describe()
         if profile.sampling:
             info += "; recorded with " + ", ".join(f"{k} {v}" for k, v in profile.sampling.items())

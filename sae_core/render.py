@@ -19,7 +19,8 @@ _QUARTERS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 # name -> (stops, RGB at the stops); viridis and inferno are sampled from matplotlib's definitions
 COLORMAPS: dict[str, tuple[np.ndarray, np.ndarray]] = {
     "jet": (_JET_STOPS, _JET_RGB),
-    "viridis": (_QUARTERS, np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)),
+    "viridis": (_QUARTERS,
+                np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)),
     "inferno": (_QUARTERS, np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], float)),
     "gray": (np.array([0.0, 1.0]), np.array([[0, 0, 0], [255, 255, 255]], float)),
 }
@@ -109,11 +110,12 @@ def _nice_max(value: float) -> float:
     return float(10 * exponent)
 
 
-def bar_chart(labels: list[str], values: list[float], title: str = "", width: int = 640,
-              bar_height: int = 24, color: tuple[int, int, int] = PALETTE[0], value_format: str = "{:.3g}") -> Image.Image:
+def bar_chart(labels: list[str], values: list[float], title: str = "", width: int = 640, bar_height: int = 24,
+              color: tuple[int, int, int] = PALETTE[0], value_format: str = "{:.3g}") -> Image.Image:
     """Horizontal bars, largest first as given; labels on the left, values at the bar ends."""
     fnt, title_font = font(14), font(16)
-    label_width = max([text_size(ImageDraw.Draw(Image.new("RGB", (1, 1))), str(l), fnt)[0] for l in labels] + [40])
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = max([text_size(measure, str(label), fnt)[0] for label in labels] + [40])
     top = 36 if title else 10
     height = top + bar_height * max(len(values), 1) + 16
     img = Image.new("RGB", (width, height), BACKGROUND)

@@ -88,7 +88,8 @@ def run_pytest(suite: str, python: Path | str, args: list[str], env: dict, repor
         totals = ET.parse(report).getroot()
         node = totals if totals.tag == "testsuite" else totals.find("testsuite")
         tests, failures, errors, skipped = (int(node.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
-        outcome.passed, outcome.failed, outcome.skipped = tests - failures - errors - skipped, failures + errors, skipped
+        outcome.passed = tests - failures - errors - skipped
+        outcome.failed, outcome.skipped = failures + errors, skipped
     except (ET.ParseError, FileNotFoundError, AttributeError):
         outcome.note = f"error: pytest exited with {code} and wrote no report"
     if code not in (0, 5) and outcome.failed == 0 and not outcome.note:

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from sae_core import SAEFormatError, SAEInputError, SparseCode
-from sae_core.atlas import (
-    Example, FeatureAtlas, atlas_dir_for, list_atlases, resolve_atlas_name, update_label, validate_label,
+from sae_core.atlas.feature_atlas import (
+    Example,
+    FeatureAtlas,
+    atlas_dir_for,
+    list_atlases,
+    resolve_atlas_name,
+    update_label,
+    validate_label,
 )
 
 N_LAT, K = 64, 4
@@ -96,7 +102,7 @@ def test_round_trip_on_disk(tmp_path):
     thumbs = {int(p.stem) for p in (folder / "thumbs").glob("*.jpg")}
     assert thumbs == set(atlas.codes)
     # incremental: keep adding to the loaded atlas, save again, stale thumbnails are removed
-    for i in range(25):
+    for _ in range(25):
         again.add(Example(random_code(g), prompt="more", thumbnail=np.zeros((8, 8, 3), np.uint8)))
     again.save(folder)
     assert {int(p.stem) for p in (folder / "thumbs").glob("*.jpg")} == set(again.codes)

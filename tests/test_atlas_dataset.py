@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from sae_core import SAEInputError, SparseAutoencoder, save_sae
-from sae_core.atlas import FeatureAtlas
-from sae_core.atlas_dataset import build_atlas_from_dataset
-from sae_core.block_call import CallContext
-from sae_core.collect import ActivationDatasetWriter, ActivationRecorder, collect
+from sae_core.atlas.feature_atlas import FeatureAtlas
+from sae_core.atlas.from_dataset import build_atlas_from_dataset
+from sae_core.blocks.context import CallContext
+from sae_core.blocks.unet import patched_output
+from sae_core.train.collect import CollectPatch, collect
+from sae_core.train.dataset import ActivationDatasetWriter
 
 REPO = Path(__file__).resolve().parents[1]
 D, N, K, H, W = 16, 64, 4, 3, 4
@@ -32,7 +34,7 @@ def make_dataset(root: Path, sae: SparseAutoencoder, prompts=("a tiger", "a zebr
                                    "hookpoint": "unet.mid_block.attentions.0", "channels": D}}}
     writer = ActivationDatasetWriter(root, header)
     plans = writer.plan(list(prompts), list(range(100, 100 + len(prompts))), prompts_per_shard=2)
-    recorder = ActivationRecorder("diff", dtype="fp32")
+    recorder = CollectPatch("diff", dtype="fp32")
     g = torch.Generator().manual_seed(1)
 
     def run_prompt(index: int) -> None:
@@ -40,7 +42,7 @@ def make_dataset(root: Path, sae: SparseAutoencoder, prompts=("a tiger", "a zebr
             x = torch.randn(1, D, H, W, generator=g)
             update = 0.01 * torch.randn(1, D, H, W, generator=g)
             update[..., :2] += 8.0 * sae.W_dec[PLANTED[index]].detach()[None, :, None, None]
-            recorder(x, x + update, CallContext((0,), 10.0 - step, (10.0, 9.0, 0.0)))
+            patched_output(recorder, x, x + update, CallContext((0,), 10.0 - step, (10.0, 9.0, 0.0)))
 
     collect(writer, plans, {"mid.0": recorder}, run_prompt)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sae_core import SAEInputError, SparseCode
-from sae_core.atlas import Example, FeatureAtlas
-from sae_core.atlas_service import MAX_LABEL_BODY, AtlasService
+from sae_core.atlas.feature_atlas import Example, FeatureAtlas
+from sae_core.atlas.service import MAX_LABEL_BODY, AtlasService
 
 
 @pytest.fixture

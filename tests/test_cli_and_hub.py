@@ -9,8 +9,8 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-
 from checkpoint_writers import write_sparsify, write_unbox
+
 from sae_core import SAEHubError, download_sae, load_sae, load_sae_from_hub
 
 REPO = Path(__file__).resolve().parents[1]

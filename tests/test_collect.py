@@ -7,10 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_core.block_call import CallContext
-from sae_core.collect import (ActivationDatasetWriter, ActivationRecorder, collect, fingerprint, parse_prompts,
-                              read_manifest, read_prompt_file)
+from sae_core.blocks.context import CallContext
+from sae_core.blocks.unet import patched_output
 from sae_core.errors import SAEInputError
+from sae_core.prompts import parse_prompts, read_prompt_file
+from sae_core.train.collect import CollectPatch, collect
+from sae_core.train.dataset import ActivationDatasetWriter, read_manifest
+from sae_core.train.dataset import weights_digest as fingerprint
 
 HEADER = {"name": "ds", "input_kind": "diff", "dtype": "fp16", "model": {"fingerprint": "abc", "family": "SDXL"},
           "settings": {"steps": 2}, "blocks": {"down.2.1": {"channels": 8}, "up.0.1": {"channels": 8}}}
@@ -21,9 +24,9 @@ def test_recorder_stores_what_the_sae_would_encode_and_changes_nothing():
     x = torch.randn(4, 8, 3, 5, generator=g)  # (batch, channels, h, w): 2 passes x 2 images
     y = torch.randn(4, 8, 3, 5, generator=g)
     ctx = CallContext(chunk_kinds=(1, 0), sigma=5.0, sample_sigmas=(10.0, 5.0, 0.0))
-    rec = ActivationRecorder("diff", passes="positive", dtype="fp32")
+    rec = CollectPatch("diff", passes="positive", dtype="fp32")
     rec.prompt_index = 7
-    assert rec(x, y, ctx) is y
+    assert patched_output(rec, x, y, ctx) is y
     data = rec.take()
     positive = (y - x)[2:].permute(0, 2, 3, 1).reshape(-1, 8)  # chunk 2 of [negative, positive]
     assert torch.equal(data.tensors()["activations"], positive)
@@ -32,15 +35,15 @@ def test_recorder_stores_what_the_sae_would_encode_and_changes_nothing():
     assert t["position"].tolist() == list(range(15)) * 2 and t["pass"].unique().tolist() == [0]
     assert data.grid == (3, 5)
 
-    both = ActivationRecorder("output", passes="both", dtype="fp16")
-    both(x, y, ctx)
+    both = CollectPatch("output", passes="both", dtype="fp16")
+    patched_output(both, x, y, ctx)
     t = both.take().tensors()
     assert t["activations"].dtype == torch.float16 and t["activations"].shape == (60, 8)
     assert torch.equal(t["activations"], y.permute(0, 2, 3, 1).reshape(-1, 8).half())
     assert t["pass"].tolist() == [1] * 30 + [0] * 30
 
-    negative_only = ActivationRecorder("diff")  # a call with only the negative pass records nothing
-    negative_only(x[:2], y[:2], CallContext(chunk_kinds=(1,)))
+    negative_only = CollectPatch("diff")  # a call with only the negative pass records nothing
+    patched_output(negative_only, x[:2], y[:2], CallContext(chunk_kinds=(1,)))
     assert negative_only.take().n_rows == 0
 
 
@@ -51,7 +54,7 @@ def test_recorder_stores_what_the_sae_would_encode_and_changes_nothing():
 ])
 def test_recorder_rejects_bad_settings(kwargs, message):
     with pytest.raises(SAEInputError, match=message):
-        ActivationRecorder(**kwargs)
+        CollectPatch(**kwargs)
 
 
 class FakeSampler:
@@ -65,13 +68,13 @@ class FakeSampler:
         for j, rec in enumerate(self.recorders.values()):
             for step, sigma in enumerate((2.0, 1.0)):
                 x = torch.zeros(1, 8, 2, 3)
-                rec(x, x + index + 100 * j + 0.5 * step, CallContext((0,), sigma, (2.0, 1.0, 0.0)))
+                patched_output(rec, x, x + index + 100 * j + 0.5 * step, CallContext((0,), sigma, (2.0, 1.0, 0.0)))
 
 
 def start(root, prompts, per_shard=2):
     writer = ActivationDatasetWriter(root, HEADER)
     plans = writer.plan(prompts, list(range(len(prompts))), per_shard)
-    recorders = {b: ActivationRecorder("diff", dtype="fp16") for b in HEADER["blocks"]}
+    recorders = {b: CollectPatch("diff", dtype="fp16") for b in HEADER["blocks"]}
     return writer, plans, recorders, FakeSampler(recorders)
 
 

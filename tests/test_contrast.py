@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sae_core import SAEInputError
-from sae_core.concept_profile import ConceptProfile
-from sae_core.contrast import contrast_chart, contrast_features, contrast_table, ids_text
+from sae_core.observe.concept_profile import ConceptProfile
+from sae_core.observe.contrast import contrast_chart, contrast_features, contrast_table, ids_text
 from sae_core.render import PALETTE, pil_to_array
 
 

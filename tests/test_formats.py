@@ -5,11 +5,16 @@ import json
 
 import pytest
 import torch
+from checkpoint_writers import (
+    random_unbox_weights,
+    sparsify_reference,
+    unbox_reference,
+    write_saelens,
+    write_sparsify,
+    write_unbox,
+)
 from safetensors.torch import load_file, save_file
 
-from checkpoint_writers import (
-    random_unbox_weights, sparsify_reference, unbox_reference, write_saelens, write_sparsify, write_unbox,
-)
 from sae_core import SAEFormatError, SAEInputError, find_saes, load_sae, save_sae
 
 

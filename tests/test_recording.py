@@ -5,17 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from sae_core import SparseAutoencoder, analysis, feature_views, render
-from sae_core.block_call import CallContext
+from sae_core import SparseAutoencoder, render
+from sae_core.blocks.context import CallContext
+from sae_core.blocks.unet import patched_output
 from sae_core.errors import SAEInputError
-from sae_core.recording import DENSE_SAE_KEEP, Recording, RecordPatch
+from sae_core.observe import analysis
+from sae_core.observe import views as feature_views
+from sae_core.observe.recording import DENSE_SAE_KEEP, Recording, RecordPatch
 
 N_LATENTS, K = 32, 4
 SCHEDULE = (14.6, 7.0, 3.0, 1.0, 0.0)  # 4 steps
 
 
 def tiny_sae(k: int | None = K, activation: str = "topk", n_latents: int = N_LATENTS) -> SparseAutoencoder:
-    sae = SparseAutoencoder(8, n_latents, k, activation=activation, input_kind="diff", hookpoint="unet.mid_block.attentions.0")
+    sae = SparseAutoencoder(8, n_latents, k, activation=activation, input_kind="diff",
+                            hookpoint="unet.mid_block.attentions.0")
     sae.reset_parameters(torch.Generator().manual_seed(0))
     return sae
 
@@ -62,7 +66,7 @@ def test_record_patch_returns_the_very_same_output_and_stores_the_sparse_code():
     patch = RecordPatch(sae, rec)
     x, y = torch.randn(2, 8, 3, 5), torch.randn(2, 8, 3, 5)  # non-square grid, 2 rows
     rec.begin_run(n_steps=4)
-    assert patch(x, y, ctx(1, kinds=(1, 0))) is y
+    assert patched_output(patch, x, y, ctx(1, kinds=(1, 0))) is y
     (call,) = rec.calls
     assert call.grid == (3, 5) and call.step == 1 and call.chunk_kinds == (1, 0)
     assert call.values.dtype == torch.float16 and call.indices.dtype == torch.int16
@@ -230,7 +234,7 @@ def test_errors_say_what_is_wrong_and_what_is_valid():
 
 
 def test_aggregated_code_is_the_row_itself_or_the_step_mean():
-    from sae_core.analysis import Sample, Selection, aggregated_code
+    from sae_core.observe.analysis import Sample, Selection, aggregated_code
 
     def sample(step, values, indices):
         return Sample(step, (1, 2), torch.tensor(values), torch.tensor(indices))

@@ -49,7 +49,8 @@ def test_bar_chart_bar_lengths_follow_values():
     row_lengths = [bars[r].sum() for r in range(bars.shape[0])]
     lengths = sorted({n for n in row_lengths if n > 0}, reverse=True)
     assert len(lengths) >= 3
-    assert lengths[0] == pytest.approx(2 * lengths[1], rel=0.05) and lengths[1] == pytest.approx(2 * lengths[2], rel=0.1)
+    assert lengths[0] == pytest.approx(2 * lengths[1], rel=0.05)
+    assert lengths[1] == pytest.approx(2 * lengths[2], rel=0.1)
     dark = (render.pil_to_array(img) < 80).all(-1)
     assert dark[:, :60].sum() > 20                  # labels are drawn on the left
 

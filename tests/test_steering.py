@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from sae_core import SAEInputError, SparseAutoencoder
-from sae_core.block_call import CallContext, StepWindow, pool_mask, row_signs, to_tokens
-from sae_core.steering import FeatureEdit, FeatureSteering, SteerPatch, parse_feature_list
+from sae_core.blocks.context import CallContext, StepWindow
+from sae_core.blocks.masks import pool_mask
+from sae_core.blocks.passes import row_signs
+from sae_core.blocks.unet import patched_output, to_tokens
+from sae_core.edits.steering import FeatureSteering, SteerPatch
+from sae_core.sae.feature_ids import FeatureEdit, parse_feature_list
 
 D, N_LAT, K = 32, 128, 6
 
@@ -55,9 +59,10 @@ def test_parse_feature_list_errors(text, message):
 
 
 # ---------------------------------------------------------------- modes against dense formulas
-def _apply(sae, mode, edits, x, y, mask=None, passes="both", ctx=CallContext((0, 1))):
+def _apply(sae, mode, edits, x, y, mask=None, passes="both", ctx=None):
+    ctx = ctx or CallContext((0, 1))
     steering = FeatureSteering(sae, edits, mode)
-    return SteerPatch(steering, StepWindow(), passes, mask)(x, y, ctx)
+    return patched_output(SteerPatch(steering, StepWindow(), passes, mask), x, y, ctx)
 
 
 def test_add_uses_mean_activation_units():
@@ -86,8 +91,8 @@ def test_scale_ablate_clamp_match_dense_decode(input_kind):
         assert torch.allclose(_apply(sae, "scale", [FeatureEdit(f, 4.0)], x, y), expected(5 * z[..., f]), atol=1e-4)
         assert torch.allclose(_apply(sae, "ablate", [FeatureEdit(f, 1.0)], x, y), expected(0 * z[..., f]), atol=1e-4)
         c = 2.0 * float(sae.feature_mean[f])
-        assert torch.allclose(_apply(sae, "clamp", [FeatureEdit(f, 2.0)], x, y), expected(torch.full_like(z[..., f], c)),
-                              atol=1e-4)
+        clamped = _apply(sae, "clamp", [FeatureEdit(f, 2.0)], x, y)
+        assert torch.allclose(clamped, expected(torch.full_like(z[..., f], c)), atol=1e-4)
         # scale by -1 is ablation
         assert torch.allclose(_apply(sae, "scale", [FeatureEdit(f, -1.0)], x, y),
                               _apply(sae, "ablate", [FeatureEdit(f, 1.0)], x, y), atol=1e-5)
@@ -157,10 +162,11 @@ def test_passes_pick_rows_from_cond_or_uncond():
 
 
 def test_per_image_masks_follow_the_batch_in_every_chunk():
-    rows = pool_mask(torch.stack([torch.zeros(8, 8), torch.ones(8, 8)]), 4, (2, 2))
+    two_masks = torch.stack([torch.zeros(8, 8), torch.ones(8, 8)])
+    rows = pool_mask(two_masks, 4, (2, 2), chunks=2)  # two passes of two images
     assert rows[:, 0, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
     with pytest.raises(SAEInputError, match="mask batch 3"):
-        pool_mask(torch.ones(3, 8, 8), 4, (2, 2))
+        pool_mask(torch.ones(3, 8, 8), 4, (2, 2), chunks=2)
 
 
 def test_mask_pooling_averages_areas_for_non_square_grids():
@@ -176,9 +182,9 @@ def test_step_window_gates_by_sigma():
     x, y = _block()
     steering = FeatureSteering(sae, [FeatureEdit(5, 1.0)], "add")
     patch = SteerPatch(steering, StepWindow(sigma_start=5.0, sigma_end=1.0), "both", None)
-    assert patch(x, y, CallContext((0, 1), sigma=10.0)) is y
-    assert patch(x, y, CallContext((0, 1), sigma=0.5)) is y
-    assert patch(x, y, CallContext((0, 1), sigma=2.0)) is not y
+    assert patched_output(patch, x, y, CallContext((0, 1), sigma=10.0)) is y
+    assert patched_output(patch, x, y, CallContext((0, 1), sigma=0.5)) is y
+    assert patched_output(patch, x, y, CallContext((0, 1), sigma=2.0)) is not y
 
 
 def test_row_signs_validation():

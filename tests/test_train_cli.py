@@ -59,7 +59,8 @@ def test_cli_writes_sae_logs_curve_and_checkpoint(data, tmp_path, capsys):
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert set(rows[0]) >= {"fvu", "explained_variance", "l0", "dead_fraction", "norm_ratio", "tokens_per_s"}
     csv_lines = (tmp_path / "sae.log.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("step,tokens,fvu,explained_variance,l0,dead_fraction,norm_ratio") and len(csv_lines) == 5
+    assert csv_lines[0].startswith("step,tokens,fvu,explained_variance,l0,dead_fraction,norm_ratio")
+    assert len(csv_lines) == 5
     curve = np.asarray(Image.open(tmp_path / "sae.loss.png").convert("RGB"))
     assert curve.shape[2] == 3 and (np.abs(curve.astype(int) - [31, 119, 180]).sum(-1) < 30).sum() > 50  # FVU line
     assert load_checkpoint(tmp_path / "sae.checkpoint.pt")["trainer"]["step"] == 40

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from sae_core import load_sae
+from sae_core.errors import SAEInputError
 from sae_core.train import ActivationSource, RunFiles, SAETrainer, TrainConfig, new_sae, train_sae
 from sae_core.train.checkpoint import CheckpointMismatch, load_checkpoint
 from sae_core.train.synthetic import distinct_picks, planted_dictionary, recovery
-from sae_core.errors import SAEInputError
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 

@@ -9,13 +9,24 @@ import pytest
 import torch
 
 from sae_core import SAEFormatError, SAEInputError, SparseAutoencoder, load_sae, save_sae
-from sae_core.block_call import CallContext, StepWindow, to_tokens
-from sae_core.concept_profile import (ConceptProfile, LatentRecorder, check_prompt_sets, parse_prompts,
-                                      sae_identity)
+from sae_core.blocks.context import CallContext, StepWindow
+from sae_core.blocks.unet import patched_output, to_tokens
+from sae_core.edits.unlearn import (
+    ConceptSelection,
+    StepSelection,
+    UnlearnPatch,
+    edit_coefficients,
+    feature_scores,
+    match_step,
+    select_concept,
+    select_features,
+    thresholds,
+)
+from sae_core.edits.unlearn_preview import NOT_SELECTED, selection_chart, selection_matrix, selection_report
+from sae_core.observe.concept_profile import ConceptProfile, check_prompt_sets
+from sae_core.observe.concept_recorder import ConceptRecordPatch as LatentRecorder
+from sae_core.prompts import parse_prompts
 from sae_core.render import pil_to_array
-from sae_core.unlearn import (ConceptSelection, StepSelection, UnlearnPatch, edit_coefficients, feature_scores,
-                              match_step, select_concept, select_features, thresholds)
-from sae_core.unlearn_preview import NOT_SELECTED, selection_chart, selection_matrix, selection_report
 
 BLOCK = "up_blocks.1.attentions.2"
 
@@ -24,7 +35,7 @@ def make_profile(target, other, n_target=3, n_other=4, sigmas=None, sae=None, na
     target, other = torch.as_tensor(target, dtype=torch.float32), torch.as_tensor(other, dtype=torch.float32)
     steps = target.shape[0]
     sigmas = sigmas or tuple(float(14.6 * 0.5 ** i) for i in range(steps))
-    ident = sae_identity(sae) if sae is not None else {"fingerprint": "x", "n_latents": target.shape[1]}
+    ident = sae.identity() if sae is not None else {"fingerprint": "x", "n_latents": target.shape[1]}
     return ConceptProfile(target, other, n_target, n_other, tuple(sigmas), ident, BLOCK, name)
 
 
@@ -118,7 +129,7 @@ def test_edit_scales_a_selected_feature_only_where_it_exceeds_the_threshold():
     sae = identity_sae()
     x, y = hand_block()
     patch = UnlearnPatch(sae, [manual_selection(sae, [0], [0.5], [-2.0])])
-    out = patch(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    out = patched_output(patch, x, y, CallContext((0,), 1.0, (1.0, 0.0)))
     expected = y.clone()
     expected[0, 0, 0, 0] = 3.0 + (3.0 * -2.0 - 3.0)  # z0: 3 -> -6, decoded difference added to y
     assert torch.equal(out, expected)
@@ -130,9 +141,9 @@ def test_nothing_firing_returns_the_block_output_itself():
     sae = identity_sae()
     x, y = hand_block()
     patch = UnlearnPatch(sae, [manual_selection(sae, [0, 3], [10.0, 10.0], [-5.0, -5.0])])
-    assert patch(x, y, CallContext((0,), 1.0, (1.0, 0.0))) is y
+    assert patched_output(patch, x, y, CallContext((0,), 1.0, (1.0, 0.0))) is y
     empty = UnlearnPatch(sae, [manual_selection(sae, [], [], [])])
-    assert empty(x, y, CallContext((0,), 1.0, (1.0, 0.0))) is y
+    assert patched_output(empty, x, y, CallContext((0,), 1.0, (1.0, 0.0))) is y
 
 
 def test_fp32_positions_without_edit_are_bit_identical_with_a_random_sae():
@@ -146,7 +157,8 @@ def test_fp32_positions_without_edit_are_bit_identical_with_a_random_sae():
     z = sae.encode(to_tokens(y - x)).detach()
     f = int(z.sum(dim=(0, 1, 2)).argmax())
     thr = float(z[..., f][z[..., f] > 0].median())
-    out = UnlearnPatch(sae, [manual_selection(sae, [f], [thr], [-1.5])])(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    out = patched_output(UnlearnPatch(sae, [manual_selection(sae, [f], [thr], [-1.5])]), x, y,
+                         CallContext((0,), 1.0, (1.0, 0.0)))
     edited = (z[..., f] > thr)  # (N, h, w)
     assert edited.any() and (~edited).any()
     keep = (~edited)[:, None].expand_as(y)
@@ -164,7 +176,8 @@ def test_standardising_sae_edits_in_activation_space():
     us, norm = sae.standardize(u)
     z = sae.activate(sae.pre_activations(us, standardized=True))
     f = int(z.sum(dim=(0, 1, 2)).argmax())
-    out = UnlearnPatch(sae, [manual_selection(sae, [f], [0.0], [-1.0])])(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    out = patched_output(UnlearnPatch(sae, [manual_selection(sae, [f], [0.0], [-1.0])]), x, y,
+                         CallContext((0,), 1.0, (1.0, 0.0)))
     z2 = z.clone()
     z2[..., f] = torch.where(z[..., f] > 0, -z[..., f], z[..., f])
     expected = u + norm.undo_delta(sae.decode(z2) - sae.decode(z))
@@ -177,7 +190,7 @@ def test_passes_select_rows_by_cond_or_uncond():
     x2, y2 = torch.cat([x, x]), torch.cat([y, y])
     sel = [manual_selection(sae, [0], [0.5], [-2.0])]
     for passes, changed in (("positive", [False, True]), ("negative", [True, False]), ("both", [True, True])):
-        out = UnlearnPatch(sae, sel, passes=passes)(x2, y2, CallContext((1, 0), 1.0, (1.0, 0.0)))
+        out = patched_output(UnlearnPatch(sae, sel, passes=passes), x2, y2, CallContext((1, 0), 1.0, (1.0, 0.0)))
         assert [not torch.equal(out[i], y2[i]) for i in range(2)] == changed
     with pytest.raises(SAEInputError, match="passes 'negated'"):
         UnlearnPatch(sae, sel, passes="negated")
@@ -187,8 +200,8 @@ def test_outside_the_step_window_nothing_changes():
     sae = identity_sae()
     x, y = hand_block()
     patch = UnlearnPatch(sae, [manual_selection(sae, [0], [0.5], [-2.0])], window=StepWindow(0.5, 0.1))
-    assert patch(x, y, CallContext((0,), 1.0, (1.0, 0.0))) is y
-    assert not torch.equal(patch(x, y, CallContext((0,), 0.3, (1.0, 0.3, 0.0))), y)
+    assert patched_output(patch, x, y, CallContext((0,), 1.0, (1.0, 0.0))) is y
+    assert not torch.equal(patched_output(patch, x, y, CallContext((0,), 0.3, (1.0, 0.3, 0.0))), y)
 
 
 def test_two_concepts_combine_and_overlapping_features_edit_once():
@@ -197,13 +210,13 @@ def test_two_concepts_combine_and_overlapping_features_edit_once():
     ctx = CallContext((0,), 1.0, (1.0, 0.0))
     a = manual_selection(sae, [0], [1.0], [-2.0], name="a")      # f0 at pos0 (3 > 1), not pos1 (0.4)
     b = manual_selection(sae, [0, 3], [0.2, 1.0], [-3.0, 0.5], name="b")  # f0 at pos0 and pos1, f3 at pos2
-    out = UnlearnPatch(sae, [a, b])(x, y, ctx)
+    out = patched_output(UnlearnPatch(sae, [a, b]), x, y, ctx)
     expected = y.clone()
     expected[0, 0, 0, 0] = 3.0 * -2.0        # first concept wins where both fire (no compounding)
     expected[0, 0, 0, 1] = 0.4 * -3.0        # only b's threshold is exceeded here
     expected[0, 3, 0, 2] = 5.0 * 0.5         # b's own feature
     assert torch.allclose(out, expected)
-    swapped = UnlearnPatch(sae, [b, a])(x, y, ctx)
+    swapped = patched_output(UnlearnPatch(sae, [b, a]), x, y, ctx)
     assert swapped[0, 0, 0, 0] == pytest.approx(3.0 * -3.0)
 
 
@@ -218,11 +231,11 @@ def test_only_positions_that_can_fire_are_fully_encoded():
     sae = identity_sae()
     x, y = hand_block()
     patch = UnlearnPatch(sae, [manual_selection(sae, [0], [0.5], [-2.0])])
-    out = patch(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    out = patched_output(patch, x, y, CallContext((0,), 1.0, (1.0, 0.0)))
     assert patch.encoded_positions == 1 and patch.edited_positions == 1  # pos1 (0.4) and pos2 (0.3) skipped
     assert torch.equal(out[..., 1:], y[..., 1:])
     negative = UnlearnPatch(sae, [manual_selection(sae, [0], [-1.0], [-2.0])])  # no bound: every position
-    out = negative(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    out = patched_output(negative, x, y, CallContext((0,), 1.0, (1.0, 0.0)))
     assert negative.encoded_positions == 3 and negative.edited_positions == 2  # pos2: f0 not in the top k
     assert out[0, 0, 0, 1] == pytest.approx(0.4 * -2.0) and torch.equal(out[..., 2], y[..., 2])
 
@@ -261,11 +274,11 @@ def test_recorder_position_means_equal_dense_means_and_keep_only_the_positive_pa
     x = torch.zeros_like(y)
     schedule = (5.0, 2.0, 0.0)
     rec.group = "target"
-    rec(x, y, CallContext((1, 0), 5.0, schedule))  # rows 2, 3 are the positive pass
-    rec(x, y, CallContext((1, 0), 2.0, schedule))
+    patched_output(rec, x, y, CallContext((1, 0), 5.0, schedule))  # rows 2, 3 are the positive pass
+    patched_output(rec, x, y, CallContext((1, 0), 2.0, schedule))
     rec.group = "other"
-    rec(x, y, CallContext((0, 1), 5.0, schedule))  # rows 0, 1
-    rec(x, y, CallContext((0, 1), 2.0, schedule))
+    patched_output(rec, x, y, CallContext((0, 1), 5.0, schedule))  # rows 0, 1
+    patched_output(rec, x, y, CallContext((0, 1), 2.0, schedule))
     dense = sae.encode(to_tokens(y)).detach().mean(dim=(1, 2))
     assert torch.allclose(rec.mean("target")[0], dense[2:].mean(0), atol=1e-6)
     assert torch.allclose(rec.mean("other")[1], dense[:2].mean(0), atol=1e-6)
@@ -277,9 +290,9 @@ def test_recorder_refuses_a_changing_schedule():
     sae = identity_sae()
     rec = LatentRecorder(sae)
     x, y = hand_block()
-    rec(x, y, CallContext((0,), 1.0, (1.0, 0.0)))
+    patched_output(rec, x, y, CallContext((0,), 1.0, (1.0, 0.0)))
     with pytest.raises(SAEInputError, match="schedule changed"):
-        rec(x, y, CallContext((0,), 1.0, (1.0, 0.5, 0.0)))
+        patched_output(rec, x, y, CallContext((0,), 1.0, (1.0, 0.5, 0.0)))
 
 
 # ---------------------------------------------------------------------- prompts
@@ -433,6 +446,6 @@ def test_recorder_accumulates_across_inference_mode_boundaries():
     ctx = CallContext((0,), 2.0, (2.0, 1.0, 0.0))
     x = torch.randn(1, 8, 2, 2)
     with torch.inference_mode():
-        recorder(x, x, ctx)  # ComfyUI runs nodes under inference mode
-    recorder(x, x, ctx)      # a later call outside it must still add up
+        patched_output(recorder, x, x, ctx)  # ComfyUI runs nodes under inference mode
+    patched_output(recorder, x, x, ctx)      # a later call outside it must still add up
     assert torch.allclose(recorder.mean("target")[0], recorder.position_mean(to_tokens(x))[0].float(), atol=1e-6)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..build import Graph, register, sample_and_save, turbo_base, unbox_sae
 
+
 @register("sdxl_turbo_paint_feature")
 def paint_feature() -> dict:
     g = Graph()

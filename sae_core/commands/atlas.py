@@ -18,10 +18,10 @@ def _atlas_args(p: argparse.ArgumentParser) -> None:
 
 @command("atlas", "build a feature atlas from a collected activation dataset", _atlas_args)
 def _atlas(args: argparse.Namespace) -> int:
-    from ..atlas import atlas_dir_for
-    from ..atlas_dataset import build_atlas_from_dataset
+    from ..atlas.feature_atlas import atlas_dir_for
+    from ..atlas.from_dataset import build_atlas_from_dataset
     from ..errors import SAEInputError
-    from ..formats import load_sae
+    from ..sae.formats import load_sae
 
     sae = load_sae(args.sae)
     if args.out is None and sae.source_path is None:

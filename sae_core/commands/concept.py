@@ -15,9 +15,9 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 @command("concept", "show the features a saved concept profile selects, step by step", _args)
 def _concept(args: argparse.Namespace) -> int:
-    from ..concept_profile import ConceptProfile
-    from ..unlearn import DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, select_concept
-    from ..unlearn_preview import selection_chart, selection_report
+    from ..edits.unlearn import DEFAULT_MULTIPLIER, DEFAULT_PERCENTILE, select_concept
+    from ..edits.unlearn_preview import selection_chart, selection_report
+    from ..observe.concept_profile import ConceptProfile
 
     profile = ConceptProfile.load(args.path)
     percentile = DEFAULT_PERCENTILE if args.percentile is None else args.percentile

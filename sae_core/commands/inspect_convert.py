@@ -15,7 +15,7 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
 
 @command("inspect", "show what an SAE checkpoint holds", _inspect_args)
 def _inspect(args: argparse.Namespace) -> int:
-    from ..formats import load_sae
+    from ..sae.formats import load_sae
 
     sae = load_sae(args.path, hookpoint=args.hookpoint)
     info = sae.info()
@@ -40,9 +40,9 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 @command("convert", "convert an SAE to the native single-file format", _convert_args)
 def _convert(args: argparse.Namespace) -> int:
-    from ..blocks import diffusers_name, hookpoint_of
-    from ..formats import load_sae
-    from ..formats.native import save
+    from ..blocks.names import diffusers_name, hookpoint_of
+    from ..sae.formats import load_sae
+    from ..sae.formats.native import save
 
     sae = load_sae(args.src, hookpoint=args.hookpoint)
     if args.set_hookpoint:

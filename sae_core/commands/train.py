@@ -10,70 +10,31 @@ import sys
 import time
 from pathlib import Path
 
+from ..blocks.patch import INPUT_KINDS
 from ..cli import command
 from ..errors import SAEInputError
 
 
-
-def _defaults():
-    from ..train.config import TrainConfig
-
-    return TrainConfig()
-
-
 def _args(p: argparse.ArgumentParser) -> None:
-    d = _defaults()
+    from ..train.config import add_cli_arguments
+
     p.add_argument("--data", required=True, help="dataset folder (made by SAE Collect Activations), a folder of "
                                                  "(N, d_in) .safetensors/.npy arrays, or one such file")
     p.add_argument("--out", required=True, help="the trained SAE, a native .safetensors file; the checkpoint, "
                                                 "logs (.log.jsonl/.log.csv) and loss plot (.loss.png) go beside it")
     p.add_argument("--block", help="which block of a dataset holding several (any notation: down.2.1, ...)")
-    g = p.add_argument_group("model")
-    g.add_argument("--latents", type=int, default=d.n_latents, help=f"number of latents (default {d.n_latents})")
-    g.add_argument("--k", type=int, default=d.k, help=f"active latents per row (default {d.k})")
-    g.add_argument("--activation", choices=["topk", "batchtopk"], default=d.activation,
-                   help="per-row top-k (sdxl-unbox) or top k x rows over the batch (SAeUron)")
-    g.add_argument("--input-norm", action="store_true", help="standardise each row first (SAeUron's input_unit_norm)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch", type=int, default=d.batch_size, help=f"rows per step, all processes together "
-                                                                   f"(default {d.batch_size})")
-    g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs passes over the data)")
-    g.add_argument("--epochs", type=float, default=d.epochs, help=f"passes over the data when --steps is not given "
-                                                                  f"(default {d.epochs:g})")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
-    g.add_argument("--adam-eps", type=float, default=d.adam_eps, help=f"Adam eps (default {d.adam_eps:g})")
-    g.add_argument("--warmup", type=float, default=d.warmup, help=f"fraction of steps of linear lr warm-up "
-                                                                  f"(default {d.warmup:g})")
-    g.add_argument("--decay", type=float, default=d.decay, help=f"fraction of steps at the end with linear lr decay "
-                                                                f"to 0 (default {d.decay:g}; 1 = SAeUron's schedule)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help=f"max gradient norm, 0 = off "
-                                                                        f"(default {d.grad_clip:g})")
-    g.add_argument("--auxk", type=int, default=d.auxk, help=f"dead latents in the AuxK loss, 0 = off (default {d.auxk})")
-    g.add_argument("--auxk-coef", type=float, default=d.auxk_coef, help=f"AuxK loss weight (default {d.auxk_coef:g})")
-    g.add_argument("--dead-tokens", type=int, default=d.dead_tokens,
-                   help=f"rows without firing after which a latent is dead (default {d.dead_tokens})")
-    g.add_argument("--b-dec-init", choices=["median", "mean", "zero"], default=d.b_dec_init,
-                   help="decoder bias from the first batch (default: geometric median)")
-    g.add_argument("--seed", type=int, default=d.seed, help="initialisation and data order")
+    add_cli_arguments(p.add_argument_group("training settings (the SAE Train node offers the same)"))
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    g.add_argument("--amp", choices=["bf16", "fp16", "fp32"], default=d.amp, help="autocast dtype on CUDA (default bf16)")
     g.add_argument("--threads", type=int, help="CPU threads per process")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     g.add_argument("--force", action="store_true", help="overwrite an existing --out")
     g.add_argument("--checkpoint", help="checkpoint path (default: beside --out, FILE.checkpoint.pt)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help=f"steps per metrics row (default {d.log_every})")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help=f"steps between checkpoints (default {d.checkpoint_every})")
-    g.add_argument("--buffer-rows", type=int, default=d.buffer_rows, help=f"rows shuffled together "
-                                                                          f"(default {d.buffer_rows})")
-    g.add_argument("--stats-rows", type=int, default=d.stats_rows, help=f"rows for the feature statistics "
-                                                                        f"(default {d.stats_rows})")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("what the SAE records about itself (defaults come from the dataset)")
-    g.add_argument("--hookpoint", help="e.g. unet.up_blocks.0.attentions.1 or up.0.1")
-    g.add_argument("--input-kind", choices=["diff", "output"], help="the block update or the block output")
-    g.add_argument("--model-family", help="sdxl, sd15, ...")
+    g.add_argument("--hookpoint", help="e.g. unet.up_blocks.0.attentions.1, up.0.1 or transformer.transformer_blocks.3")
+    g.add_argument("--input-kind", choices=list(INPUT_KINDS), help="the block update (diff) or the block output")
+    g.add_argument("--model-family", help="sdxl, sd15, flux, sd3, qwen_image...")
     g.add_argument("--name", help="name stored in the file (default: the file name)")
 
 
@@ -114,8 +75,9 @@ class TextProgress:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from ..blocks import diffusers_name, hookpoint_of
-    from ..train import ActivationSource, RunFiles, TrainConfig, train_sae
+    from ..blocks.names import diffusers_name, hookpoint_of
+    from ..train import ActivationSource, RunFiles, train_sae
+    from ..train.config import from_cli
     from ..train.distributed import init_from_env, shutdown
 
     out = Path(args.out)
@@ -125,14 +87,7 @@ def _train(args: argparse.Namespace) -> int:
         raise SAEInputError(f"--out {args.out!r} exists; pass --force to overwrite it or --resume to continue its run")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TrainConfig(
-        n_latents=args.latents, k=args.k, activation=args.activation, batch_size=args.batch, steps=args.steps,
-        epochs=args.epochs, lr=args.lr, adam_eps=args.adam_eps, warmup=args.warmup, decay=args.decay,
-        grad_clip=args.grad_clip, auxk=args.auxk, auxk_coef=args.auxk_coef, dead_tokens=args.dead_tokens,
-        b_dec_init=args.b_dec_init, input_norm=args.input_norm, seed=args.seed, amp=args.amp,
-        buffer_rows=args.buffer_rows, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-        stats_rows=args.stats_rows,
-    ).validate()
+    config = from_cli(args).validate()
     hookpoint = args.hookpoint
     if hookpoint and diffusers_name(hookpoint):
         hookpoint = hookpoint_of(diffusers_name(hookpoint))
@@ -146,7 +101,8 @@ def _train(args: argparse.Namespace) -> int:
         progress = TextProgress(total) if dist.is_main and not args.quiet else None
         if dist.is_main:
             print(f"data: {source.describe()}", file=sys.stderr)
-            print(f"training {config.n_latents} latents, k={config.k} ({config.activation}), batch {config.batch_size}, "
+            print(f"training {config.n_latents} latents, k={config.k} ({config.activation}), "
+                  f"batch {config.batch_size}, "
                   f"{total} steps on {device}" + (f" x {dist.world_size} processes" if dist.enabled else ""),
                   file=sys.stderr)
         result = train_sae(config, source, files=files, resume=args.resume, device=device, dist=dist, sae_meta=meta,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SAEFormatError, SAEInputError
-from ..io_utils import atomic_write
+from ..files import atomic_write, check_version
 from .config import RESUME_KEYS, TrainConfig
 
 CHECKPOINT_VERSION = 1
@@ -42,9 +42,7 @@ def load_checkpoint(path: str | Path) -> dict:
                              expected="a checkpoint written by `python -m sae_core train`") from None
     if not isinstance(state, dict) or "trainer" not in state:
         raise SAEFormatError(path, "is not a training checkpoint", expected="a checkpoint written by this trainer")
-    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
-        raise SAEFormatError(path, "was written by a newer version of this package",
-                             found=f"version {state.get('version')}", expected=f"<= {CHECKPOINT_VERSION}")
+    check_version(path, int(state.get("version", 0)), CHECKPOINT_VERSION)
     return state
 
 

@@ -1,72 +1,101 @@
 """Training settings. Defaults are sdxl-unbox's recipe (openai-style TopK SAE): lr 1e-4, Adam eps 6.25e-10,
 batch 4096 rows, k 10, 5120 latents, AuxK on the 256 strongest dead latents with coefficient 1/32, a latent
 counted dead after 10M rows without firing. SAeUron's recipe is BatchTopK, k 32, 16x latents, lr 4e-4 with
-linear decay over the whole run (``decay=1.0``)."""
+linear decay over the whole run (``decay=1.0``).
+
+Each field carries its help text, range or choices, whether a checkpoint resumes only when it is unchanged, and
+its command-line flag: the CLI (``python -m sae_core train``), the SAE Train node and the resume check are all
+generated from these fields.
+"""
 from __future__ import annotations
 
+import argparse
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..errors import SAEInputError
+from ..validate import check_choice, check_number
 
 ACTIVATIONS = ("topk", "batchtopk")
 B_DEC_INITS = ("median", "mean", "zero")
 AMP_DTYPES = ("bf16", "fp16", "fp32")
 
 
+def setting(default, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
+            minimum: float | None = None, maximum: float | None = None, resume: bool = True, step: float = 0.01):
+    """A TrainConfig field. ``resume``: a checkpoint continues only when this setting is unchanged (it changes the
+    math or the data order). ``flag``: the command-line option (None: not offered there). ``step``: a float
+    widget's increment."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "minimum": minimum,
+                                            "maximum": maximum, "resume": resume, "step": step})
+
+
 @dataclass
 class TrainConfig:
-    n_latents: int = 5120
-    k: int = 10
-    activation: str = "topk"          # per-row top-k, or top (k x rows) over the whole batch
-    batch_size: int = 4096            # rows per optimizer step, over all processes
-    steps: int | None = None          # None: ``epochs`` passes over the data
-    epochs: float = 1.0
-    lr: float = 1e-4
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 6.25e-10
-    warmup: float = 0.01              # fraction of steps with a linear lr warm-up
-    decay: float = 0.2                # fraction of steps at the end with a linear decay to 0
-    grad_clip: float = 1.0            # max global gradient norm (0: off)
-    auxk: int = 256                   # dead latents used by the AuxK loss (0: off)
-    auxk_coef: float = 1 / 32
-    dead_tokens: int = 10_000_000     # rows without firing after which a latent counts as dead
-    b_dec_init: str = "median"        # decoder bias from the first batch: geometric median, mean, or zero
-    encoder_init: float = 3 ** -0.5   # encoder rows start as the decoder directions times this (see trainer.new_sae)
-    input_norm: bool = False          # SAeUron's per-vector standardisation of the input
-    seed: int = 0
-    amp: str = "bf16"                 # autocast dtype of the encoder matmul, CUDA only
-    buffer_rows: int = 1 << 18        # rows shuffled together (a few shards)
-    chunk_rows: int = 1 << 16         # largest piece read from one file at once
-    log_every: int = 50
-    checkpoint_every: int = 500
-    stats_rows: int = 1 << 20         # rows used for the per-feature statistics after training
+    n_latents: int = setting(5120, "number of latents (features): sdxl-unbox 5120 = 4 x 1280, SAeUron 16 x d_in",
+                             flag="--latents", minimum=1, maximum=1 << 20)
+    k: int = setting(10, "active latents per row", flag="--k", minimum=1, maximum=4096)
+    activation: str = setting("topk", "topk: k per row (sdxl-unbox); batchtopk: k x rows over each batch (SAeUron); "
+                                      "the saved SAE uses k per row, as SAeUron does at inference",
+                              flag="--activation", choices=ACTIVATIONS)
+    batch_size: int = setting(4096, "rows per optimizer step, over all processes", flag="--batch", minimum=1,
+                              maximum=1 << 20)
+    steps: int | None = setting(None, "optimizer steps (default: --epochs passes over the data)", flag="--steps",
+                                minimum=1, maximum=10_000_000, resume=False)
+    epochs: float = setting(1.0, "passes over the data when the steps are not given", flag="--epochs",
+                            minimum=1e-6, maximum=1e6, resume=False)
+    lr: float = setting(1e-4, "Adam learning rate (sdxl-unbox 1e-4, SAeUron 4e-4)", flag="--lr", minimum=1e-9,
+                        maximum=1.0, step=1e-5)
+    adam_beta1: float = setting(0.9, "Adam beta1", minimum=0.0, maximum=0.999999)
+    adam_beta2: float = setting(0.999, "Adam beta2", minimum=0.0, maximum=0.999999)
+    adam_eps: float = setting(6.25e-10, "Adam eps", flag="--adam-eps", minimum=1e-30, maximum=1.0)
+    warmup: float = setting(0.01, "fraction of the steps with a linear learning-rate warm-up", flag="--warmup",
+                            minimum=0.0, maximum=1.0)
+    decay: float = setting(0.2, "fraction of the steps at the end with a linear decay to 0 (1 = SAeUron's schedule)",
+                           flag="--decay", minimum=0.0, maximum=1.0)
+    grad_clip: float = setting(1.0, "max global gradient norm (0 = off)", flag="--grad-clip", minimum=0.0,
+                               maximum=1e6)
+    auxk: int = setting(256, "dead latents used by the AuxK loss that revives them (0 = off)", flag="--auxk",
+                        minimum=0, maximum=1 << 16)
+    auxk_coef: float = setting(1 / 32, "weight of the AuxK loss", flag="--auxk-coef", minimum=0.0, maximum=10.0,
+                               step=0.001)
+    dead_tokens: int = setting(10_000_000, "rows without firing after which a latent counts as dead",
+                               flag="--dead-tokens", minimum=1, maximum=1 << 40)
+    b_dec_init: str = setting("median", "decoder bias from the first batch: geometric median, mean, or zero",
+                              flag="--b-dec-init", choices=B_DEC_INITS)
+    encoder_init: float = setting(3 ** -0.5, "encoder rows start as the decoder directions times this "
+                                             "(see trainer.new_sae)", minimum=1e-6, maximum=1e3, resume=False)
+    input_norm: bool = setting(False, "standardise each row first (SAeUron's input_unit_norm)", flag="--input-norm")
+    seed: int = setting(0, "seed of the initialisation and of the data order", flag="--seed", minimum=0,
+                        maximum=0xFFFFFFFF)
+    amp: str = setting("bf16", "autocast dtype of the encoder matmul, CUDA only", flag="--amp", choices=AMP_DTYPES,
+                       resume=False)
+    buffer_rows: int = setting(1 << 18, "rows shuffled together (a few shards)", flag="--buffer-rows", minimum=1,
+                               maximum=1 << 30)
+    chunk_rows: int = setting(1 << 16, "largest piece read from one file at once", minimum=1, maximum=1 << 30)
+    log_every: int = setting(50, "steps per metrics row (a point of the loss curve)", flag="--log-every", minimum=1,
+                             maximum=1_000_000, resume=False)
+    checkpoint_every: int = setting(500, "steps between checkpoints", flag="--checkpoint-every", minimum=1,
+                                    maximum=10_000_000, resume=False)
+    stats_rows: int = setting(1 << 20, "rows used for the per-feature statistics after training",
+                              flag="--stats-rows", minimum=1, maximum=1 << 34, resume=False)
 
-    def validate(self) -> "TrainConfig":
-        def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise SAEInputError(what)
-
-        need(self.activation in ACTIVATIONS, f"activation {self.activation!r} is not valid; valid: {', '.join(ACTIVATIONS)}")
-        need(self.b_dec_init in B_DEC_INITS, f"b_dec_init {self.b_dec_init!r} is not valid; valid: {', '.join(B_DEC_INITS)}")
-        need(self.amp in AMP_DTYPES, f"amp {self.amp!r} is not valid; valid: {', '.join(AMP_DTYPES)}")
-        need(self.n_latents >= 1, f"latents must be at least 1, got {self.n_latents}")
-        need(1 <= self.k <= self.n_latents, f"k must be between 1 and latents={self.n_latents}, got {self.k}")
-        need(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
-        need(self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}")
-        need(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
-        need(self.lr > 0 and math.isfinite(self.lr), f"learning rate must be positive, got {self.lr}")
-        need(self.adam_eps > 0, f"Adam eps must be positive, got {self.adam_eps}")
-        need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "Adam betas must be in [0, 1)")
-        need(0 <= self.warmup <= 1 and 0 <= self.decay <= 1 and self.warmup + self.decay <= 1,
-             f"warmup ({self.warmup}) and decay ({self.decay}) are fractions of the steps; each in [0, 1], sum <= 1")
-        need(self.grad_clip >= 0, f"gradient clipping must be >= 0 (0 = off), got {self.grad_clip}")
-        need(self.auxk >= 0 and self.auxk_coef >= 0, f"auxk ({self.auxk}) and auxk_coef ({self.auxk_coef}) must be >= 0")
-        need(self.encoder_init > 0, f"encoder_init must be positive, got {self.encoder_init}")
-        need(self.dead_tokens >= 1, f"dead_tokens must be at least 1, got {self.dead_tokens}")
-        need(self.log_every >= 1 and self.checkpoint_every >= 1, "log_every and checkpoint_every must be at least 1")
-        need(self.buffer_rows >= 1 and self.chunk_rows >= 1, "buffer_rows and chunk_rows must be at least 1")
+    def validate(self) -> TrainConfig:
+        if isinstance(self.k, bool) or not isinstance(self.n_latents, int) or not isinstance(self.k, int) or \
+                not 1 <= self.k <= self.n_latents:
+            raise SAEInputError(f"k must be between 1 and latents={self.n_latents}, got {self.k}")
+        for f in fields(self):
+            meta, value = f.metadata, getattr(self, f.name)
+            if meta["choices"]:
+                check_choice(f.name, value, meta["choices"])
+            elif f.type == "bool":
+                if not isinstance(value, bool):
+                    raise SAEInputError(f"{f.name} must be true or false, got {value!r}")
+            elif value is not None:
+                check_number(f.name, value, meta["minimum"], meta["maximum"], integer=f.type.startswith("int"))
+        if self.warmup + self.decay > 1:
+            raise SAEInputError(f"warmup ({self.warmup}) and decay ({self.decay}) are fractions of the steps; each "
+                                f"in [0, 1], sum <= 1")
         return self
 
     def total_steps(self, total_rows: int) -> int:
@@ -85,12 +114,35 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # Settings that change the math or the data order: a checkpoint only resumes when they are all equal.
-RESUME_KEYS = ("n_latents", "k", "activation", "batch_size", "lr", "adam_beta1", "adam_beta2", "adam_eps", "warmup",
-               "decay", "grad_clip", "auxk", "auxk_coef", "dead_tokens", "b_dec_init", "input_norm", "seed",
-               "buffer_rows", "chunk_rows")
+RESUME_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"])
+
+
+def setting_field(name: str):
+    return next(f for f in fields(TrainConfig) if f.name == name)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """One option per field with a ``flag``, its help and default from the field."""
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if meta["flag"] is None:
+            continue
+        default = f.default if f.default is not MISSING else None
+        if f.type == "bool":
+            parser.add_argument(meta["flag"], dest=f.name, action="store_true", help=meta["help"])
+            continue
+        kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+        shown = "" if default is None else f" (default {default:g})" if isinstance(default, float) else \
+            f" (default {default})"
+        parser.add_argument(meta["flag"], dest=f.name, type=kind, default=default, choices=meta["choices"],
+                            help=meta["help"] + shown)
+
+
+def from_cli(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.metadata["flag"]})

@@ -13,17 +13,17 @@ import hashlib
 import json
 import re
 from bisect import bisect_right
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..collect import ACTIVATIONS_KEY, MANIFEST, read_manifest
 from ..errors import SAEFormatError, SAEInputError
+from .dataset import ACTIVATIONS_KEY, MANIFEST, choose_block, read_manifest
 
 CHUNK_ROWS = 1 << 16
 BUFFER_ROWS = 1 << 18
@@ -92,7 +92,7 @@ class ActivationSource:
 
     # ------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, block: str | None = None, chunk_rows: int = CHUNK_ROWS) -> "ActivationSource":
+    def open(cls, path: str | Path, block: str | None = None, chunk_rows: int = CHUNK_ROWS) -> ActivationSource:
         """A collected dataset folder (pick ``block`` if it holds several), a folder of arrays, or one file."""
         path = Path(path).expanduser()
         if path.is_dir() and (path / MANIFEST).is_file():
@@ -110,7 +110,7 @@ class ActivationSource:
                             f".safetensors/.npy arrays, or one such file")
 
     @classmethod
-    def _open_files(cls, files: list[Path], chunk_rows: int, label: str, info: dict | None = None) -> "ActivationSource":
+    def _open_files(cls, files: list[Path], chunk_rows: int, label: str, info: dict | None = None) -> ActivationSource:
         chunks: list[Chunk] = []
         d_in = None
         for path in files:
@@ -129,7 +129,7 @@ class ActivationSource:
         return cls(chunks, int(d_in), info, label)
 
     @classmethod
-    def _open_collected(cls, root: Path, block: str | None, chunk_rows: int) -> "ActivationSource":
+    def _open_collected(cls, root: Path, block: str | None, chunk_rows: int) -> ActivationSource:
         manifest = read_manifest(root)
         blocks = manifest.get("blocks") or {}
         chosen = choose_block(blocks, block, root)
@@ -145,14 +145,24 @@ class ActivationSource:
 
     # ------------------------------------------------------------ reading
     def read(self, chunk: Chunk) -> Tensor:
-        """The chunk's rows on the CPU, in the stored dtype."""
+        """The chunk's rows on the CPU, in the stored dtype; rows holding NaN or infinite values are refused (an
+        SAE trained on them has NaN weights)."""
         if chunk.key is None:
             array = np.load(chunk.path, mmap_mode="r")[chunk.start:chunk.stop]
-            return torch.from_numpy(np.array(array, copy=True))
-        from safetensors import safe_open
+            rows = torch.from_numpy(np.array(array, copy=True))
+        else:
+            from safetensors import safe_open
 
-        with safe_open(str(chunk.path), framework="pt") as handle:
-            return handle.get_slice(chunk.key)[chunk.start:chunk.stop]
+            with safe_open(str(chunk.path), framework="pt") as handle:
+                rows = handle.get_slice(chunk.key)[chunk.start:chunk.stop]
+        finite = torch.isfinite(rows).all(dim=-1)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            first = chunk.start + int((~finite).nonzero()[0, 0])
+            raise SAEFormatError(chunk.path, f"{bad} of rows {chunk.start}..{chunk.stop - 1} hold NaN or infinite "
+                                             f"values (the first is row {first})",
+                                 expected="finite activations: collect this shard again or remove it")
+        return rows
 
     def read_rows(self, start: int, stop: int) -> Tensor:
         """Rows [start, stop) in file order (no shuffling), e.g. for statistics."""
@@ -170,22 +180,6 @@ class ActivationSource:
     def describe(self) -> str:
         files = len({c.path for c in self.chunks})
         return f"{self.label}: {self.total_rows} rows of width {self.d_in} in {files} file(s)"
-
-
-def choose_block(blocks: dict, block: str | None, root: Path) -> str:
-    if not blocks:
-        raise SAEFormatError(root / MANIFEST, "lists no blocks")
-    if not block:
-        if len(blocks) == 1:
-            return next(iter(blocks))
-        raise SAEInputError(f"dataset {str(root)!r} holds several blocks ({', '.join(blocks)}); choose one")
-    from ..blocks import diffusers_name
-
-    wanted = diffusers_name(block) or block.strip()
-    for short, meta in blocks.items():
-        if wanted in (short, meta.get("diffusers"), meta.get("comfy"), meta.get("hookpoint")):
-            return short
-    raise SAEInputError(f"block {block!r} is not in dataset {str(root)!r}; it holds: {', '.join(blocks)}")
 
 
 # ---------------------------------------------------------------- shuffled stream

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..io_utils import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from ..render import line_chart
 
 AVERAGED = ("fvu", "l0", "norm_ratio", "auxk_loss", "grad_norm")

@@ -4,14 +4,15 @@ SAE Train node; only rank 0 writes files."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from ..formats.native import save as save_sae
-from ..model import SparseAutoencoder
+from ..errors import SAEInputError
+from ..sae.formats.native import save as save_sae
+from ..sae.model import SparseAutoencoder
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ActivationSource, ShuffledStream
@@ -33,7 +34,7 @@ class RunFiles:
     plot: Path | None = None
 
     @classmethod
-    def beside(cls, out: str | Path, checkpoint: str | Path | None = None) -> "RunFiles":
+    def beside(cls, out: str | Path, checkpoint: str | Path | None = None) -> RunFiles:
         """``FILE.safetensors`` plus ``FILE.checkpoint.pt``, ``FILE.log.jsonl``, ``FILE.log.csv``, ``FILE.loss.png``."""
         out = Path(out)
         stem = str(out.with_suffix(""))
@@ -94,7 +95,11 @@ def train_sae(config: TrainConfig, source: ActivationSource, *, files: RunFiles 
         if files.log is not None:
             write_jsonl(files.log, history)  # drops rows logged after the checkpoint we resume from
 
+    last_checkpoint = resumed_at
+
     def checkpoint() -> None:
+        nonlocal last_checkpoint
+        last_checkpoint = trainer.step
         if not main:
             return
         if files.checkpoint is not None:
@@ -115,6 +120,12 @@ def train_sae(config: TrainConfig, source: ActivationSource, *, files: RunFiles 
             if trainer.step == 0:
                 trainer.init_b_dec(x)
             metrics = trainer.train_step(x)
+            if not all(math.isfinite(metrics[key]) for key in ("fvu", "grad_norm")):
+                kept = f"the last checkpoint ({files.checkpoint.name}, step {last_checkpoint}) is kept" \
+                    if files.checkpoint is not None and last_checkpoint else "nothing was saved"
+                raise SAEInputError(f"training diverged at step {trainer.step}: the loss is not finite (FVU "
+                                    f"{metrics['fvu']}, gradient norm {metrics['grad_norm']}); {kept}. Lower the "
+                                    f"learning rate or check the data")
             meter.add(metrics, config.batch_size)
             done = trainer.step
             if done % config.log_every == 0 or done == total:

@@ -55,7 +55,8 @@ def dead_topk_code(pre: Tensor, dead: Tensor, k: int) -> Code:
     vals, local = pre.index_select(1, dead).topk(k, dim=-1, sorted=False)
     n = pre.shape[0]
     rows = torch.arange(n, device=pre.device).repeat_interleave(k)
-    return Code(rows, dead[local.reshape(-1)], vals.reshape(-1).float().relu(), torch.arange(n, device=pre.device) * k, k)
+    return Code(rows, dead[local.reshape(-1)], vals.reshape(-1).float().relu(),
+                torch.arange(n, device=pre.device) * k, k)
 
 
 def decode(code: Code, W_dec: Tensor) -> Tensor:

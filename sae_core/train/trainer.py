@@ -18,10 +18,19 @@ import math
 import torch
 from torch import Tensor
 
-from ..model import SparseAutoencoder
+from ..sae.model import SparseAutoencoder
 from .config import TrainConfig
 from .distributed import SINGLE, Dist
-from .sparse import Code, dead_topk_code, decode, entry_dots, latent_order, scatter_to_latents, threshold_code, topk_code
+from .sparse import (
+    Code,
+    dead_topk_code,
+    decode,
+    entry_dots,
+    latent_order,
+    scatter_to_latents,
+    threshold_code,
+    topk_code,
+)
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -46,7 +46,7 @@ class ComfyServer:
         self.process: subprocess.Popen | None = None
         self.log_path = self.base / "server.log"
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         custom_nodes = self.base / "custom_nodes"
         custom_nodes.mkdir(parents=True, exist_ok=True)
         for name, target in (("sae-lab", comfy_harness.REPO), ("sae_lab_test_nodes", HERE / "tiny_node_pack")):

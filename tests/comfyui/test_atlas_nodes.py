@@ -10,9 +10,9 @@ from tiny_models import build_unet, build_vae, random_conditioning, sample
 
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder, load_sae, save_sae  # noqa: E402
-from sae_lab_pack.sae_core.atlas import FeatureAtlas  # noqa: E402
+from sae_lab_pack.sae_core.atlas.feature_atlas import FeatureAtlas  # noqa: E402
 from sae_lab_pack.nodes.atlas import SAEBuildAtlas  # noqa: E402
-from sae_lab_pack.nodes.record import SAERecordActivations  # noqa: E402
+from sae_lab_pack.nodes.observe import SAERecordActivations  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
 
 PLANTED = 77

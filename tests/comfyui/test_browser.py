@@ -21,7 +21,7 @@ if CHROMIUM is None:
     pytest.skip("no chromium executable (apt-get install chromium) for the browser test", allow_module_level=True)
 
 from sae_core import SparseCode  # noqa: E402
-from sae_core.atlas import Example, FeatureAtlas  # noqa: E402
+from sae_core.atlas.feature_atlas import Example, FeatureAtlas  # noqa: E402
 
 WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",

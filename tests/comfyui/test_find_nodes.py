@@ -9,7 +9,7 @@ from tiny_models import BlockProbe, TinyTextEncoder, build_unet, encode, sample
 
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder  # noqa: E402
-from sae_lab_pack.sae_core.concept_profile import ConceptProfile, sae_identity  # noqa: E402
+from sae_lab_pack.sae_core.observe.concept_profile import ConceptProfile  # noqa: E402
 from sae_lab_pack.nodes.find import SAEFindFeatures  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
 from sae_lab_pack.nodes.unlearn import SAEConceptProfile  # noqa: E402
@@ -62,7 +62,7 @@ def test_find_features_errors(setup):
     stranger = SparseAutoencoder(128, 256, 16, hookpoint="unet.down_blocks.2.attentions.1", input_kind="diff")
     with pytest.raises(ValueError, match="SAE Find Features: concept 'zebra' was made with another SAE"):
         SAEFindFeatures.execute(concept, stranger)
-    flat = ConceptProfile(torch.ones(1, 256), torch.ones(1, 256), 2, 2, (1.0,), sae_identity(sae),
+    flat = ConceptProfile(torch.ones(1, 256), torch.ones(1, 256), 2, 2, (1.0,), sae.identity(),
                           "down_blocks.2.attentions.1", "flat")
     with pytest.raises(ValueError, match="no feature fires more for the target prompts of concept 'flat'"):
         SAEFindFeatures.execute(flat, sae)

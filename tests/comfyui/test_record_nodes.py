@@ -10,8 +10,8 @@ from tiny_models import BlockProbe, build_unet, random_conditioning, sample
 
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder  # noqa: E402  (the pack's own copy)
-from sae_lab_pack.sae_core.recording import Recording  # noqa: E402
-from sae_lab_pack.nodes.record import (SAEFeatureHeatmap, SAEFeatureTimeline, SAERecordActivations,  # noqa: E402
+from sae_lab_pack.sae_core.observe.recording import Recording  # noqa: E402
+from sae_lab_pack.nodes.observe import (SAEFeatureHeatmap, SAEFeatureTimeline, SAERecordActivations,  # noqa: E402
                                        SAETopFeatures)
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
 
@@ -207,9 +207,11 @@ def test_errors_name_the_node_the_value_and_what_is_valid(sdxl, sae):
     samples = sample(recorded, pos, neg, latent, steps=1)
     with pytest.raises(ValueError, match="SAE Top Features: connect the sampler's LATENT"):
         SAETopFeatures.execute(recording)
-    with pytest.raises(ValueError, match=r"SAE Feature Heatmap: the IMAGE batch has 2 image\(s\) but the recording has 1"):
+    with pytest.raises(ValueError,
+                       match=r"SAE Feature Heatmap: the IMAGE batch has 2 image\(s\) but the recording has 1"):
         SAEFeatureHeatmap.execute(recording, torch.zeros(2, 512, 512, 3))
-    with pytest.raises(ValueError, match="SAE Feature Heatmap: the image is 768x512 px but the recorded block grid is 16x16"):
+    with pytest.raises(ValueError,
+                       match="SAE Feature Heatmap: the image is 768x512 px but the recorded block grid is 16x16"):
         SAEFeatureHeatmap.execute(recording, torch.zeros(1, 512, 768, 3))
     with pytest.raises(ValueError, match="SAE Feature Heatmap: feature 256 does not exist: this SAE has 256 features"):
         SAEFeatureHeatmap.execute(recording, torch.zeros(1, 512, 512, 3), features="3, 256")

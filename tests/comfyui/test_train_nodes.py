@@ -16,9 +16,10 @@ import comfy.sample
 pack = comfy_harness.load_pack()
 from sae_lab_pack.nodes.collect import SAECollectActivations, model_fingerprint  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
-from sae_lab_pack.nodes.train import SAESave, SAETrain  # noqa: E402
+from sae_lab_pack.nodes.sae import SAESave  # noqa: E402
+from sae_lab_pack.nodes.train import SAETrain  # noqa: E402
 from sae_lab_pack.sae_core import SparseAutoencoder, load_sae  # noqa: E402
-from sae_lab_pack.sae_core.collect import ActivationDatasetWriter  # noqa: E402
+from sae_lab_pack.sae_core.train.dataset import ActivationDatasetWriter  # noqa: E402
 
 PROMPTS = "a red house\na blue car on a road\na cat\n"
 LATENT = torch.zeros(1, 4, 64, 64)
@@ -29,11 +30,20 @@ def sdxl():
     return build_unet("sdxl")
 
 
+def use_dataset_folders(monkeypatch, *folders) -> None:
+    """The sae_datasets folders (output/sae_datasets, plus extra_model_paths.yaml entries) for this test."""
+    import folder_paths
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "sae_datasets", ([str(f) for f in folders], set()))
+
+
 @pytest.fixture(scope="module")
 def dataset(sdxl, tmp_path_factory):
     """One collection shared by the tests that only read it: 3 prompts, 2 steps, 2 blocks, in fp32."""
     folder = tmp_path_factory.mktemp("datasets")
-    collect(sdxl, folder=str(folder))
+    with pytest.MonkeyPatch.context() as patch:
+        use_dataset_folders(patch, folder)
+        collect(sdxl)
     return folder / "tiny"
 
 
@@ -43,6 +53,8 @@ def comfy_dirs(tmp_path, monkeypatch, sae_models_dir):
 
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
+    use_dataset_folders(monkeypatch, tmp_path / "output" / "sae_datasets")
     comfy.model_management.interrupt_current_processing(False)
     yield tmp_path
     comfy.model_management.interrupt_current_processing(False)
@@ -67,7 +79,7 @@ def collect(model, **overrides):
 def test_collection_goes_to_the_output_folder(sdxl, comfy_dirs):
     out = collect(sdxl, prompts="a dog", steps=1, blocks="up.0.1")
     root = comfy_dirs / "output" / "sae_datasets" / "tiny"
-    assert out.result[0] == str(root) and (root / "manifest.json").is_file()
+    assert out.result[0] == "tiny" and (root / "manifest.json").is_file()
     assert (root / "up.0.1" / "shard_00000.safetensors").is_file()
     assert "1 prompts in 1 shards (1 written now, 0 already done); up.0.1: 256 rows x 128" in out.result[1]
 
@@ -83,13 +95,15 @@ def test_collection_writes_shards_and_manifest_that_match_the_sampler(sdxl, data
     assert set(manifest["blocks"]) == {"down.2.1", "up.0.1"}
     assert [s["prompts"] for s in manifest["shards"]] == [[0, 2], [2, 3]]
     # 16 x 16 positions at down.2.1 for a 64 x 64 latent, 2 steps, positive pass only
-    assert manifest["shards"][0]["rows"]["down.2.1"] == 2 * 2 * 256 and manifest["shards"][0]["grid"]["down.2.1"] == [16, 16]
+    assert manifest["shards"][0]["rows"]["down.2.1"] == 2 * 2 * 256
+    assert manifest["shards"][0]["grid"]["down.2.1"] == [16, 16]
     shard = load_file(str(root / manifest["shards"][0]["files"]["down.2.1"]))
     assert shard["activations"].shape == (1024, 128) and shard["activations"].dtype == torch.float32
 
     # the rows are exactly the block update the sampler computes for prompt 0 with seed 5
     probe = BlockProbe(sdxl, "input_blocks.8.1")
-    sample(probe.model, encode(TinyTextEncoder(), "a red house"), encode(TinyTextEncoder(), ""), LATENT, steps=2, seed=5)
+    text = TinyTextEncoder()
+    sample(probe.model, encode(text, "a red house"), encode(text, ""), LATENT, steps=2, seed=5)
     expected = torch.cat([(y - x).permute(0, 2, 3, 1).reshape(-1, 128) for x, y, _ in probe.calls])
     assert torch.equal(shard["activations"][:512], expected)
     assert shard["step"][:512].tolist() == [0] * 256 + [1] * 256 and shard["prompt"].tolist() == [0] * 512 + [1] * 512
@@ -147,7 +161,10 @@ def test_both_passes_and_block_output(sdxl, comfy_dirs):
     ("blocks", "up.9.9", "SAE Collect Activations: block 'up.9.9' does not exist in this TinySDXL model"),
     ("dataset_name", "../escape", "SAE Collect Activations: dataset name '../escape' is not a plain folder name"),
     ("prompts", "  \n", "SAE Collect Activations: no prompts given"),
-    ("prompts_file", "/nowhere/prompts.txt", "SAE Collect Activations: prompt file '/nowhere/prompts.txt' does not exist"),
+    ("prompts_file", "/nowhere/prompts.txt", "SAE Collect Activations: prompts_file '/nowhere/prompts.txt' is not a "
+                                             "valid file name: it must be a relative name"),
+    ("prompts_file", "missing.txt", "SAE Collect Activations: prompts_file 'missing.txt' is not a file in ComfyUI's "
+                                    "input folder"),
 ])
 def test_collection_errors_name_the_node_and_value(sdxl, comfy_dirs, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -162,8 +179,9 @@ def train(dataset: str, **overrides):
         return SAETrain.execute(dataset, **inputs)
 
 
-def test_train_on_collected_data_gives_a_steerable_sae_with_stats(sdxl, dataset, comfy_dirs):
-    out = train(str(dataset))
+def test_train_on_collected_data_gives_a_steerable_sae_with_stats(sdxl, dataset, comfy_dirs, monkeypatch):
+    use_dataset_folders(monkeypatch, comfy_dirs / "output" / "sae_datasets", dataset.parent)
+    out = train(dataset.name)
     sae, curve, info = out.result
     assert isinstance(sae, SparseAutoencoder) and sae.d_in == 128 and sae.n_latents == 256 and sae.k == 4
     assert sae.hookpoint == "unet.down_blocks.2.attentions.1" and sae.input_kind == "diff" and sae.has_stats
@@ -182,18 +200,20 @@ def test_train_on_collected_data_gives_a_steerable_sae_with_stats(sdxl, dataset,
     assert not torch.equal(steered, base)
 
     path = SAESave.execute(sae, "tiny_sae").result[0]
-    saved = load_sae(path)
+    assert path == "models/sae/tiny_sae.safetensors"  # where it is for the user; never the server's own path
+    saved = load_sae(comfy_dirs / "sae" / "tiny_sae.safetensors")
     assert torch.equal(saved.W_dec, sae.W_dec) and torch.equal(saved.feature_mean, sae.feature_mean)
-    assert saved.extra["training"]["n_latents"] == 256 and path == str(comfy_dirs / "sae" / "tiny_sae.safetensors")
+    assert saved.extra["training"]["n_latents"] == 256
     with pytest.raises(ValueError, match="SAE Save: .*tiny_sae.safetensors already exists; turn on overwrite"):
         SAESave.execute(sae, "tiny_sae")
     assert SAESave.execute(sae, "tiny_sae.safetensors", overwrite=True).result[0] == path
-    with pytest.raises(ValueError, match="SAE Save: filename '../x' is not a plain file name"):
+    with pytest.raises(ValueError, match="SAE Save: filename '../x' is not a valid file name"):
         SAESave.execute(sae, "../x")
 
 
 def test_train_cancel_then_resume(sdxl, dataset, comfy_dirs, monkeypatch):
-    dataset = str(dataset)
+    use_dataset_folders(monkeypatch, comfy_dirs / "output" / "sae_datasets", dataset.parent)
+    dataset = dataset.name
     checks = []
     real_check = comfy.model_management.throw_exception_if_processing_interrupted
 

@@ -17,11 +17,11 @@ import comfy.utils
 
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder  # noqa: E402  (the pack's own copy)
-from sae_lab_pack.sae_core.block_call import to_tokens  # noqa: E402
-from sae_lab_pack.sae_core.concept_profile import ConceptProfile, sae_identity  # noqa: E402
-from sae_lab_pack.sae_core.unlearn import UnlearnPatch, match_step, select_concept  # noqa: E402
-from sae_lab_pack.nodes.comfy_glue import install_block_patch, model_block_layout  # noqa: E402
-from sae_lab_pack.nodes.concept_sampling import plan_batches, stack_conditionings  # noqa: E402
+from sae_lab_pack.sae_core.blocks.unet import to_tokens  # noqa: E402
+from sae_lab_pack.sae_core.observe.concept_profile import ConceptProfile  # noqa: E402
+from sae_lab_pack.sae_core.edits.unlearn import UnlearnPatch, match_step, select_concept  # noqa: E402
+from sae_lab_pack.nodes.patching import install_block_patch, model_block_layout  # noqa: E402
+from sae_lab_pack.nodes.sampling import plan_batches, stack_conditionings  # noqa: E402
 from sae_lab_pack.nodes.unlearn import (SAEConceptProfile, SAELoadConcept, SAESaveConcept,  # noqa: E402
                                         SAEUnlearnConcept)
 
@@ -143,9 +143,9 @@ def test_n_step_profile_applies_to_an_m_step_run_by_sigma(setup):
     patch = UnlearnPatch(setup.sae, selections)
     seen = []
 
-    def spy(x, y, ctx):
+    def spy(view, ctx):
         seen.append((ctx.sigma, patch.steps_for(ctx)[0]))
-        return patch(x, y, ctx)
+        return patch(view, ctx)
 
     block = model_block_layout(setup.model).resolve(setup.hook)
     run_steps = 3
@@ -225,7 +225,7 @@ def test_two_concepts_at_once(setup):
 # ---------------------------------------------------------------- errors
 def fake_profile(sae, block="up_blocks.1.attentions.2", name="fake") -> ConceptProfile:
     return ConceptProfile(torch.rand(2, sae.n_latents), torch.rand(2, sae.n_latents), 2, 2, (14.0, 2.0),
-                          sae_identity(sae), block, name)
+                          sae.identity(), block, name)
 
 
 @pytest.mark.parametrize("target, other, message", [
@@ -243,8 +243,9 @@ def test_unlearn_errors():
     model = build_unet("sd15")
     sae = make_sae("unet.up_blocks.1.attentions.2", "output")
     concept = fake_profile(sae)
-    for bad in (0.0, 100.0):
-        with pytest.raises(ValueError, match=rf"SAE Unlearn Concept: percentile {bad} is outside \(0, 100\)"):
+    for bad in (0.0, 100.0, float("nan")):  # the widget's range is exactly what the node accepts
+        with pytest.raises(ValueError, match="SAE Unlearn Concept: percentile .*(out of range: it must be between "
+                                             "0.001 and 99.999|must be a finite number)"):
             unlearn(model, sae, concept, percentile=bad)
     with pytest.raises(ValueError, match="SAE Unlearn Concept: the concepts were recorded at different blocks "
                                          "\\('other' at up.1.1, 'fake' at up.1.2\\)"):

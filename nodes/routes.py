@@ -1,0 +1,73 @@
+"""HTTP routes of the feature browser on ComfyUI's server (the logic is sae_core.atlas_service)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from ..sae_core.atlas.service import MAX_LABEL_BODY, AtlasService
+from ..sae_core.errors import SAEError
+from . import folders
+
+log = logging.getLogger("sae_lab")
+PREFIX = "/sae_lab/atlas"
+service = AtlasService(lambda: folders.roots(folders.SAE_FOLDER))
+
+
+def _error(exc: Exception) -> web.Response:
+    status = 404 if "no atlas named" in str(exc) or "has no thumbnail" in str(exc) else 400
+    return web.json_response({"error": folders.scrub_paths(str(exc))}, status=status)
+
+
+async def _json(call, *args) -> web.Response:
+    try:
+        return web.json_response(await asyncio.to_thread(call, *args))
+    except SAEError as exc:
+        return _error(exc)
+
+
+async def atlases(request: web.Request) -> web.Response:
+    return await _json(service.atlases)
+
+
+async def features(request: web.Request) -> web.Response:
+    return await _json(service.features, dict(request.query))
+
+
+async def feature(request: web.Request) -> web.Response:
+    return await _json(service.feature, dict(request.query))
+
+
+async def thumbnail(request: web.Request) -> web.StreamResponse:
+    try:
+        return web.FileResponse(service.thumbnail(dict(request.query)))
+    except SAEError as exc:
+        return _error(exc)
+
+
+async def label(request: web.Request) -> web.Response:
+    if request.content_length is None or request.content_length > MAX_LABEL_BODY:
+        return web.json_response({"error": f"label requests must declare a body of at most {MAX_LABEL_BODY} bytes"},
+                                 status=413)
+    body = await request.content.read(MAX_LABEL_BODY + 1)
+    return await _json(service.set_label, body)
+
+
+def register_routes() -> bool:
+    """Add the routes to ComfyUI's running server (once, when the pack loads); False when there is none."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None:
+        return False
+    routes = instance.routes
+    routes.get(f"{PREFIX}/list")(atlases)
+    routes.get(f"{PREFIX}/features")(features)
+    routes.get(f"{PREFIX}/feature")(feature)
+    routes.get(f"{PREFIX}/thumbnail")(thumbnail)
+    routes.post(f"{PREFIX}/label")(label)
+    return True
+

@@ -1,0 +1,85 @@
+"""What the feature browser's HTTP routes do, without the HTTP: parse and validate request parameters,
+read atlases (cached while unchanged on disk) and answer plain dicts. The ComfyUI adapter only maps
+these to aiohttp responses, so every validation rule is testable here."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from ..errors import SAEInputError
+from ..validate import check_text
+from .feature_atlas import FeatureAtlas, list_atlases, resolve_atlas_name, update_label
+
+MAX_LABEL_BODY = 4096  # bytes: a label request is tiny; anything larger is refused unread
+MAX_PAGE = 500
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0,
+               maximum: int | None = None) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise SAEInputError(f"parameter {name!r} is required")
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise SAEInputError(f"parameter {name!r} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise SAEInputError(f"parameter {name!r} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+class AtlasService:
+    """The browser backend over the SAE model folders returned by ``roots()``."""
+
+    def __init__(self, roots: Callable[[], list[str]]):
+        self.roots = roots
+        self._cache: dict[Path, tuple[tuple, FeatureAtlas]] = {}
+
+    def _folder(self, params: Mapping[str, str]) -> Path:
+        return resolve_atlas_name(params.get("atlas", ""), self.roots())
+
+    def _atlas(self, folder: Path) -> FeatureAtlas:
+        stamp = tuple((folder / name).stat().st_mtime_ns if (folder / name).exists() else 0
+                      for name in ("atlas.safetensors", "index.json", "labels.json"))
+        hit = self._cache.get(folder)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, FeatureAtlas.load(folder))
+            self._cache[folder] = hit
+        return hit[1]
+
+    def atlases(self) -> dict:
+        return {"atlases": list_atlases(self.roots())}
+
+    def features(self, params: Mapping[str, str]) -> dict:
+        atlas = self._atlas(self._folder(params))
+        return atlas.summary(query=check_text("q", params.get("q", ""), 200), sort=params.get("sort", "firing_rate"),
+                             limit=_int_param(params, "limit", 200, 1, MAX_PAGE),
+                             offset=_int_param(params, "offset", 0))
+
+    def feature(self, params: Mapping[str, str]) -> dict:
+        atlas = self._atlas(self._folder(params))
+        return atlas.feature(_int_param(params, "id", maximum=atlas.n_latents - 1))
+
+    def thumbnail(self, params: Mapping[str, str]) -> Path:
+        folder = self._folder(params)
+        path = folder / "thumbs" / f"{_int_param(params, 'gen')}.jpg"
+        if not path.is_file():
+            raise SAEInputError(f"generation {params.get('gen')} has no thumbnail in this atlas")
+        return path
+
+    def set_label(self, body: bytes) -> dict:
+        """``{"atlas": name, "id": feature, "label": text}``; refuses oversized or malformed bodies."""
+        if len(body) > MAX_LABEL_BODY:
+            raise SAEInputError(f"request body of {len(body)} bytes is larger than {MAX_LABEL_BODY}")
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise SAEInputError("request body must be JSON: {\"atlas\": ..., \"id\": ..., \"label\": ...}") from None
+        if not isinstance(data, dict):
+            raise SAEInputError("request body must be a JSON object")
+        folder = resolve_atlas_name(data.get("atlas", ""), self.roots())
+        label = update_label(folder, data.get("id"), data.get("label", ""))
+        return {"atlas": data["atlas"], "id": data["id"], "label": label}

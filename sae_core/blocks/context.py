@@ -1,0 +1,56 @@
+"""What a patch knows about one call of a block besides its tensors: the pass of each chunk, the current sigma
+and the schedule (so edits run inside a window of the schedule and recordings know their step)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .passes import POSITIVE
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Per-call facts: the pass of each chunk (``cond_or_uncond``), the current sigma and the schedule."""
+
+    chunk_kinds: tuple[int, ...] = (POSITIVE,)
+    sigma: float | None = None
+    sample_sigmas: tuple[float, ...] | None = None  # the whole schedule, ending with the final sigma (often 0)
+
+    @classmethod
+    def from_transformer_options(cls, options: dict) -> CallContext:
+        """From ComfyUI's ``transformer_options`` (plain dict keys: no ComfyUI import needed)."""
+        kinds = tuple(int(k) for k in (options.get("cond_or_uncond") or (POSITIVE,)))
+        sigmas = options.get("sigmas")
+        sigma = float(sigmas.max()) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        schedule = options.get("sample_sigmas")
+        schedule = tuple(schedule.tolist()) if isinstance(schedule, torch.Tensor) else None
+        return cls(kinds, sigma, schedule)
+
+    @property
+    def n_steps(self) -> int | None:
+        return len(self.sample_sigmas) - 1 if self.sample_sigmas else None
+
+    @property
+    def step(self) -> int | None:
+        """Index of the schedule entry nearest to the current sigma (the step being denoised)."""
+        if self.sigma is None or not self.sample_sigmas:
+            return None
+        steps = self.sample_sigmas[:-1] or self.sample_sigmas
+        return min(range(len(steps)), key=lambda i: abs(steps[i] - self.sigma))
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Active while ``sigma_end <= sigma <= sigma_start`` (ControlNet-style start/end percent)."""
+
+    sigma_start: float = float("inf")
+    sigma_end: float = 0.0
+
+    def contains(self, sigma: float | None) -> bool:
+        if sigma is None:
+            return True
+        return self.sigma_end <= sigma <= self.sigma_start
+
+
+ALWAYS = StepWindow()  # active at every sigma

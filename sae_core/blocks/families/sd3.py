@@ -1,0 +1,10 @@
+"""Stable Diffusion 3 / 3.5 MMDiT (comfy/ldm/modules/diffusionmodules/mmdit.py): joint blocks ``joint_blocks.i``
+(diffusers ``transformer_blocks.i``), replaced as ComfyUI's ``double_block``; real CFG."""
+from ..dit import DOUBLE, BlockList, DiTFamily
+
+FAMILY = DiTFamily(
+    name="sd3",
+    class_names=("MMDiT",),
+    blocks=(BlockList(DOUBLE, "joint_blocks", "transformer_blocks"),),
+    width=lambda model: model.hidden_size,
+)

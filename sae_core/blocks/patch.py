@@ -1,0 +1,44 @@
+"""The contract between SAE Lab's patches and the blocks they patch.
+
+A *block view* is one call of one transformer block as an architecture adapter presents it: the positions of the
+generated image on a grid, what an SAE reads there (the block's update or its output), and a way to write a
+change back into the block's own output. A *block patch* is called with the view and the call's context after the
+block ran, and returns the change of the SAE input at every position, or None to leave the output untouched.
+Only adapters (``unet``, the DiT families) know how a block lays out its tensors; patches see (N, h, w, C).
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from .context import CallContext
+
+INPUT_KINDS = ("diff", "output")  # what an SAE encodes: the block's update (output - input) or its output
+
+
+class BlockView(Protocol):
+    @property
+    def n_rows(self) -> int:
+        """Batch rows of the call (pass chunks x images)."""
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w): the generated image's positions at this block."""
+
+    def sae_input(self, input_kind: str | None) -> Tensor:
+        """(N, h, w, C): the block's update (``"diff"``) or output at every position of the generated image."""
+
+    def with_delta(self, delta: Tensor) -> Any:
+        """The block's output with ``delta`` (N, h, w, C) added at the generated image's positions."""
+
+
+class BlockPatch(Protocol):
+    def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
+        """The change of the SAE input (N, h, w, C), or None when the output stays exactly as it is."""
+
+
+def apply(patch: BlockPatch, view: BlockView, ctx: CallContext, output: Any) -> Any:
+    """What the patched block returns: its own output object when the patch changes nothing (bit-identical)."""
+    delta = patch(view, ctx)
+    return output if delta is None else view.with_delta(delta)

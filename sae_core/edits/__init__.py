@@ -1,0 +1,2 @@
+"""Patches that change what a block computes: feature steering (Unpacking SDXL Turbo) and concept unlearning
+(SAeUron)."""

@@ -1,0 +1,89 @@
+"""Recording a concept profile: a block patch that accumulates position-averaged SAE latents of the positive
+pass, per step, for the target prompts and for the contrast prompts."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..blocks.context import CallContext
+from ..blocks.names import diffusers_name
+from ..blocks.passes import row_signs
+from ..blocks.patch import BlockView
+from ..errors import SAEInputError
+from ..sae.model import SparseAutoencoder
+from .concept_profile import GROUPS, ConceptProfile
+
+
+class ConceptRecordPatch:
+    """A block patch that records position-averaged SAE latents of the positive pass, per step and group.
+
+    Set ``group`` (``"target"`` or ``"other"``) before sampling each batch. Changes nothing in the block's
+    output. Position averages are accumulated from the sparse top-k code (scatter-add of values),
+    which equals the mean of the dense latents without materialising them. Calls are binned by the
+    nearest step of the schedule, so samplers that evaluate the model twice per step contribute both
+    evaluations to the step whose sigma is nearest.
+    """
+
+    def __init__(self, sae: SparseAutoencoder):
+        self.sae = sae
+        self.group = GROUPS[0]
+        self.sigmas: tuple[float, ...] | None = None
+        self._sums: dict[str, Tensor] = {}
+        self._rows: dict[str, Tensor] = {}
+
+    def position_mean(self, u: Tensor) -> Tensor:
+        """(rows, n_latents) float32: each row's latents averaged over its positions; u is (rows, h, w, C)."""
+        rows = u.shape[0]
+        if self.sae.k is None:
+            return self.sae.encode(u).float().reshape(rows, -1, self.sae.n_latents).mean(dim=1)
+        values, indices = self.sae.encode_topk(u)
+        positions = values.shape[1] * values.shape[2]
+        out = torch.zeros(rows, self.sae.n_latents, device=u.device, dtype=torch.float32)
+        out.scatter_add_(1, indices.reshape(rows, -1), values.reshape(rows, -1).float())
+        return out / positions
+
+    def __call__(self, view: BlockView, ctx: CallContext) -> None:
+        if self.group not in GROUPS:
+            raise SAEInputError(f"recorder group {self.group!r} is not one of {GROUPS}")
+        if ctx.step is None or ctx.sample_sigmas is None:
+            raise SAEInputError("the sampler did not say which step it is at (no sigmas in transformer_options)")
+        schedule = tuple(ctx.sample_sigmas[:-1]) or tuple(ctx.sample_sigmas)
+        if self.sigmas is None:
+            self.sigmas = schedule
+        elif len(schedule) != len(self.sigmas):
+            raise SAEInputError(f"the schedule changed between batches ({len(self.sigmas)} then {len(schedule)} "
+                                f"steps); record a profile with one sampler setting")
+        signs = row_signs(ctx.chunk_kinds, view.n_rows, "positive")
+        rows = torch.nonzero(signs > 0).flatten().tolist()
+        if not rows:
+            return None
+        u = view.sae_input(self.sae.input_kind)[rows]
+        with torch.no_grad():
+            means = self.position_mean(u)
+        n_steps = len(self.sigmas)
+        if self.group not in self._sums:
+            self._sums[self.group] = torch.zeros(n_steps, self.sae.n_latents, dtype=torch.float64)
+            self._rows[self.group] = torch.zeros(n_steps, dtype=torch.float64)
+        # out of place: the sums may have been created under inference mode and updated outside it, or back
+        step_sum = torch.zeros_like(self._sums[self.group])
+        step_sum[ctx.step] = means.sum(dim=0).double().cpu()
+        self._sums[self.group] = self._sums[self.group] + step_sum
+        step_rows = torch.zeros_like(self._rows[self.group])
+        step_rows[ctx.step] = len(rows)
+        self._rows[self.group] = self._rows[self.group] + step_rows
+        return None
+
+    def mean(self, group: str) -> Tensor:
+        """(steps, n_latents) float32 mean over the recorded rows (zeros for a step never seen)."""
+        if group not in self._sums:
+            raise SAEInputError(f"nothing was recorded for the {group} prompts")
+        rows = self._rows[group].clamp_min(1.0)[:, None]
+        return (self._sums[group] / rows).float()
+
+    def profile(self, n_target: int, n_other: int, block: str, **info) -> ConceptProfile:
+        """The recorded statistics as a profile (``info``: name, prompts, sampling)."""
+        name = diffusers_name(block)
+        if name is None:
+            raise SAEInputError(f"block {block!r} is not a diffusers block name")
+        return ConceptProfile(self.mean("target"), self.mean("other"), n_target, n_other, tuple(self.sigmas or ()),
+                              self.sae.identity(), name, **info)

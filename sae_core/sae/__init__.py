@@ -1,0 +1,2 @@
+"""The SAE itself: one model class for every architecture, the checkpoint formats it is read from and written
+to, and hub downloads."""

@@ -1,0 +1,140 @@
+"""Find and load SAEs in any supported format, recognised by content (config fields, tensor names,
+metadata) rather than by file or folder names. Each format module follows :class:`.base.CheckpointFormat`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...blocks.names import diffusers_name
+from ...errors import SAEFormatError, SAEInputError
+from ..model import SparseAutoencoder
+from . import native, saelens, sparsify, unbox
+from .common import read_safetensors_metadata
+
+FORMATS = (native, unbox, sparsify, saelens)  # native is a file; the others are folders
+FORMAT_NAMES = tuple(fmt.NAME for fmt in FORMATS)
+_EXPECTED = (
+    "a native .safetensors SAE file, or a folder holding config.json + state_dict.pth (sdxl-unbox), "
+    "cfg.json + sae.safetensors (sparsify/SAeUron) or cfg.json + sae_weights.safetensors (SAELens)"
+)
+
+
+@dataclass(frozen=True)
+class FoundSAE:
+    """One loadable SAE: its format, where it is (a file for native, else a folder) and its hookpoint."""
+
+    format: str
+    path: Path
+    hookpoint: str | None
+
+
+def detect(path: str | Path) -> FoundSAE | None:
+    """The SAE stored exactly at ``path`` (a file, or a folder in a folder format), or None."""
+    path = Path(path)
+    for fmt in FORMATS:
+        if fmt.matches(path):
+            return FoundSAE(fmt.NAME, path, fmt.hookpoint(path))
+    return None
+
+
+def find_saes(root: str | Path, max_depth: int = 4) -> list[FoundSAE]:
+    """Every SAE at or below ``root`` (format folders are not searched inside), sorted by path."""
+    root = Path(root)
+    found: list[FoundSAE] = []
+    if root.is_file():
+        hit = detect(root)
+        return [hit] if hit else []
+    base_depth = len(root.parts)
+    for current, dirs, files in os.walk(root, followlinks=True):
+        folder = Path(current)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        hit = detect(folder)
+        if hit is not None:
+            found.append(hit)
+            dirs[:] = []
+            continue
+        for name in sorted(files):
+            if name.endswith(".safetensors"):
+                file_hit = detect(folder / name)
+                if file_hit is not None:
+                    found.append(file_hit)
+        if len(folder.parts) - base_depth >= max_depth:
+            dirs[:] = []
+    return sorted(found, key=lambda f: str(f.path))
+
+
+def _load_found(found: FoundSAE) -> SparseAutoencoder:
+    sae = next(fmt for fmt in FORMATS if fmt.NAME == found.format).load(found.path)
+    sae.source_path = str(found.path)
+    return sae
+
+
+def _pick(candidates: list[FoundSAE], hookpoint: str | None, root: Path, hint_name: str) -> FoundSAE:
+    if hookpoint is None:
+        if len(candidates) == 1:
+            return candidates[0]
+        listing = ", ".join(f"{c.path.relative_to(root) if c.path != root else '.'} ({c.hookpoint or '?'})"
+                            for c in candidates)
+        raise SAEInputError(f"{root.name} holds {len(candidates)} SAEs; choose one with {hint_name}: {listing}")
+    wanted = diffusers_name(hookpoint) or hookpoint
+    matching = [c for c in candidates
+                if c.hookpoint and (diffusers_name(c.hookpoint) or c.hookpoint) == wanted]
+    if len(matching) != 1:
+        hooks = ", ".join(sorted({c.hookpoint or "?" for c in candidates}))
+        raise SAEInputError(f"{root.name} has {len(matching) or 'no'} SAE(s) for hookpoint {hookpoint!r}; "
+                            f"available hookpoints: {hooks}")
+    return matching[0]
+
+
+def load_sae(source: str | Path, *, hookpoint: str | None = None,
+             hint_name: str = "hookpoint=...") -> SparseAutoencoder:
+    """Load an SAE from a native file, a format folder, or a folder holding several (pick by hookpoint).
+
+    ``source`` may also be ``hf://owner/repo[/subfolder]`` to download from the Hugging Face Hub. ``hint_name`` is
+    how an error about a folder holding several SAEs names the way to choose one (the node's input).
+    """
+    text = str(source)
+    if text.startswith("hf://"):
+        parts = [p for p in text[len("hf://"):].split("/") if p]
+        if len(parts) < 2:
+            raise SAEInputError(f"{text!r} is not a hub address; expected hf://owner/repo[/subfolder]")
+        repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
+        return load_sae_from_hub(repo_id, subfolder=subfolder, hookpoint=hookpoint)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SAEFormatError(path, "does not exist", expected=_EXPECTED)
+    hit = detect(path)
+    if hit is None and path.is_file():
+        parent_hit = detect(path.parent)
+        if parent_hit is not None and parent_hit.path == path.parent:
+            hit = parent_hit
+        elif path.suffix == ".safetensors":
+            if read_safetensors_metadata(path) is None:
+                native.load(path)  # raises the precise read error (truncated, corrupt...)
+            raise SAEFormatError(path, "is a .safetensors file without SAE metadata and no config beside it",
+                                 found=f"metadata {sorted(read_safetensors_metadata(path) or {})}",
+                                 expected=_EXPECTED)
+        else:
+            raise SAEFormatError(path, "is not an SAE checkpoint of a known format",
+                                 found=f"a {path.suffix or 'suffix-less'} file", expected=_EXPECTED)
+    if hit is None:
+        candidates = find_saes(path)
+        if not candidates:
+            listing = sorted(p.name for p in path.iterdir())[:20]
+            raise SAEFormatError(path, "contains no SAE of a known format", found=f"entries {listing}",
+                                 expected=_EXPECTED)
+        hit = _pick(candidates, hookpoint, path, hint_name)
+    return _load_found(hit)
+
+
+def load_sae_from_hub(repo_id: str, subfolder: str | None = None, *, hookpoint: str | None = None,
+                      local_dir: str | Path | None = None, revision: str | None = None, offline: bool = False):
+    """Download (or reuse) and load one SAE from a hub repo."""
+    from ..hub import download_sae
+
+    folder = download_sae(repo_id, subfolder, local_dir=local_dir, revision=revision, offline=offline)
+    return load_sae(folder, hookpoint=hookpoint)
+
+
+__all__ = ["FORMAT_NAMES", "FoundSAE", "detect", "find_saes", "load_sae", "load_sae_from_hub"]

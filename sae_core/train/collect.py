@@ -1,0 +1,96 @@
+"""Collecting activations for SAE training: a block patch that stores what an SAE at the block would encode,
+and the loop that samples every unfinished shard's prompts and writes the shards (see :mod:`.dataset`).
+Nothing here imports ComfyUI: the node supplies a function that samples one prompt while the patches are
+installed."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..blocks.context import CallContext
+from ..blocks.passes import NEGATIVE, POSITIVE, STORE_PASSES, row_kinds
+from ..blocks.patch import INPUT_KINDS, BlockView
+from ..validate import check_choice
+from .dataset import DTYPES, ActivationDatasetWriter, ShardData, ShardPlan
+
+
+class CollectPatch:
+    """A block patch that stores what an SAE at this block would encode and changes nothing.
+
+    Rows of the chosen passes are copied to the CPU in the storage dtype, one row per position of the generated
+    image, tagged with ``prompt_index`` (set by the caller).
+    """
+
+    def __init__(self, input_kind: str, passes: str = "positive", dtype: str = "fp16"):
+        self.input_kind = check_choice("store", input_kind, INPUT_KINDS)
+        self.passes = check_choice("passes", passes, STORE_PASSES)
+        self.dtype = DTYPES[check_choice("dtype", dtype, DTYPES)]
+        self.prompt_index = 0
+        self.data = ShardData()
+
+    def __call__(self, view: BlockView, ctx: CallContext) -> None:
+        with torch.no_grad():
+            u = view.sae_input(self.input_kind)  # (N, h, w, C)
+            n, h, w, c = u.shape
+            row_kind = row_kinds(ctx.chunk_kinds, n)
+            wanted = (POSITIVE, NEGATIVE) if self.passes == "both" else (POSITIVE,)
+            keep = torch.isin(row_kind, torch.tensor(wanted))
+            if not bool(keep.any()):
+                return None
+            picked = u[keep.to(u.device)]
+            positions = h * w
+            self.data.activations.append(picked.reshape(-1, c).to(device="cpu", dtype=self.dtype))
+            kept = int(keep.sum())
+            self.data.rows["prompt"].append(torch.full((kept * positions,), self.prompt_index, dtype=torch.int32))
+            self.data.rows["step"].append(torch.full((kept * positions,), ctx.step or 0, dtype=torch.int32))
+            self.data.rows["position"].append(torch.arange(positions, dtype=torch.int32).repeat(kept))
+            self.data.rows["pass"].append(row_kind[keep].to(torch.int32).repeat_interleave(positions))
+            self.data.grid = (h, w)
+        return None
+
+    def take(self) -> ShardData:
+        data, self.data = self.data, ShardData()
+        return data
+
+
+@dataclass
+class CollectResult:
+    written: list[int]
+    skipped: list[int]
+    rows: dict[str, int]
+
+
+def collect(writer: ActivationDatasetWriter, plans: list[ShardPlan], recorders: dict[str, CollectPatch],
+            run_prompt: Callable[[int], None], on_prompt_done: Callable[[int], None] | None = None,
+            check_cancel: Callable[[], None] | None = None) -> CollectResult:
+    """Run every prompt of every unfinished shard through ``run_prompt`` (which samples with the recorders
+    installed), writing each shard when its prompts are done. ``check_cancel`` may raise to stop: finished
+    shards stay on disk, the shard in progress is dropped. ``on_prompt_done(n)`` reports progress."""
+    written, skipped = [], []
+    for plan in plans:
+        if writer.is_done(plan):
+            skipped.append(plan.index)
+            if on_prompt_done:
+                on_prompt_done(plan.n_prompts)
+            continue
+        for recorder in recorders.values():
+            recorder.take()  # drop anything left from an interrupted shard
+        for prompt_index in range(*plan.prompts):
+            if check_cancel:
+                check_cancel()
+            for recorder in recorders.values():
+                recorder.prompt_index = prompt_index
+            run_prompt(prompt_index)
+            if on_prompt_done:
+                on_prompt_done(1)
+        if check_cancel:
+            check_cancel()
+        writer.write_shard(plan, {block: recorder.take() for block, recorder in recorders.items()})
+        written.append(plan.index)
+    rows: dict[str, int] = {}
+    for shard in writer.manifest["shards"]:
+        for block, n in shard["rows"].items():
+            rows[block] = rows.get(block, 0) + n
+    return CollectResult(written, skipped, rows)

@@ -1,0 +1,95 @@
+"""Tiny Flux, SD3 (MMDiT-X, as SD3.5 medium) and Qwen-Image models built with ComfyUI's own classes, for tests
+without real weights. They keep the real block structure (double + single blocks, joint blocks, dual-stream
+blocks), patch size 2, the real latent channels and the models' own conditioning, at a width of 64-128.
+Config keys a ComfyUI version does not know (newer FluxParams fields, say) are left out for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import torch
+
+import comfy.ldm.flux.model
+import comfy.ldm.modules.diffusionmodules.mmdit
+import comfy.ldm.qwen_image.model
+import comfy.model_patcher
+import comfy.supported_models
+from tiny_models import CPU, _init_weights
+
+CONTEXT = 32   # text-embedding width of the tiny models
+POOLED = 16    # pooled text vector (Flux vector_in, SD3 adm)
+
+FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": POOLED,
+               "context_in_dim": CONTEXT, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 4, "depth": 2,
+               "depth_single_blocks": 3, "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+               "guidance_embed": False, "txt_ids_dims": []}
+SD3_CONFIG = {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
+              "adm_in_channels": POOLED, "pos_embed_scaling_factor": None, "pos_embed_max_size": 32,
+              "num_patches": 1024, "qk_norm": "rms", "x_block_self_attn_layers": [0],
+              "context_embedder_config": {"target": "torch.nn.Linear",
+                                          "params": {"in_features": CONTEXT, "out_features": 128}}}
+QWEN_CONFIG = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 3,
+               "attention_head_dim": 16, "num_attention_heads": 4, "joint_attention_dim": CONTEXT,
+               "axes_dims_rope": (4, 6, 6)}
+
+
+class TinyFlux(comfy.supported_models.FluxSchnell):
+    """Flux schnell's model class (flow matching, guidance-free, cfg 1) with a 64-wide transformer."""
+
+
+class TinySD3(comfy.supported_models.SD3):
+    """SD3's model class (real CFG) with a 128-wide MMDiT-X."""
+
+
+class TinyQwenImage(comfy.supported_models.QwenImage):
+    """Qwen-Image's model class (real CFG, edit models add reference latents) with a 64-wide transformer."""
+
+
+def _known(config: dict, accepted: set[str]) -> dict:
+    return {k: v for k, v in config.items() if k in accepted or k == "image_model"}
+
+
+def _flux_keys() -> set[str]:
+    return {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+
+
+def _init_keys(cls) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+FAMILIES = {
+    "flux": (TinyFlux, lambda: _known(FLUX_CONFIG, _flux_keys())),
+    "sd3": (TinySD3, lambda: _known(SD3_CONFIG, _init_keys(comfy.ldm.modules.diffusionmodules.mmdit.MMDiT))),
+    "qwen_image": (TinyQwenImage,
+                   lambda: _known(QWEN_CONFIG, _init_keys(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel))),
+}
+LATENT_CHANNELS = 16
+
+
+def build_dit(family: str, seed: int = 0):
+    """A ModelPatcher around a tiny DiT of the given family (``flux``, ``sd3``, ``qwen_image``)."""
+    config_cls, config = FAMILIES[family]
+    model = config_cls(config()).get_model({}, device=CPU)
+    _init_weights(model.diffusion_model, seed)
+    pos_embed = getattr(model.diffusion_model, "pos_embed", None)  # MMDiT's is a buffer left uninitialised
+    if isinstance(pos_embed, torch.Tensor):
+        with torch.no_grad():
+            pos_embed.copy_(0.1 * torch.randn(pos_embed.shape, generator=torch.Generator().manual_seed(seed)))
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def dit_conditioning(family: str, batch: int = 1, seed: int = 0, tokens: int = 10):
+    """(positive, negative) of the shapes each family's model takes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def one():
+        extras = {} if family == "qwen_image" else {"pooled_output": torch.randn(batch, POOLED, generator=g)}
+        return [[torch.randn(batch, tokens, CONTEXT, generator=g), extras]]
+
+    return one(), one()
+
+
+def with_reference(conditioning, latent: torch.Tensor):
+    """The conditioning with a reference latent (Flux Kontext / Qwen-Image edit), as ReferenceLatent sets it."""
+    return [[c, {**extras, "reference_latents": [latent]}] for c, extras in conditioning]
