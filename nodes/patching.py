@@ -1,18 +1,25 @@
 """Patches on a ModelPatcher *clone*: the shared module and its weights are never modified, patches chain, and
 ComfyUI removes them after each run so the base model is bit-identical afterwards.
 
-U-Net blocks are object patches of the SpatialTransformer's bound ``forward`` (key
-``diffusion_model.<block>.forward``; replacing the module breaks ComfyUI's isinstance dispatch and LoRA keys).
+- U-Net blocks are object patches of the SpatialTransformer's bound ``forward`` (key
+  ``diffusion_model.<block>.forward``; replacing the module breaks ComfyUI's isinstance dispatch and LoRA keys).
+- Diffusion-transformer blocks use ComfyUI's block replacement (``set_model_patch_replace(fn, "dit", kind, i)``),
+  calling the replacement another pack installed there, if any, else the original block.
+- Every patched clone carries one APPLY_MODEL wrapper that reads the facts of each model call (passes, sigma,
+  step, latent size) once, for all the patched blocks of that call.
 """
 from __future__ import annotations
 
 import logging
 
+import comfy.patcher_extension
 import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..sae_core.blocks.context import CallContext, StepWindow
-from ..sae_core.blocks.layout import Block, BlockLayout
+from ..sae_core.blocks.dit import block_view
+from ..sae_core.blocks.families import FAMILIES, family_of
+from ..sae_core.blocks.layout import SPATIAL_TRANSFORMER, Block, BlockLayout
 from ..sae_core.blocks.patch import BlockPatch
 from ..sae_core.blocks.unet import patched_output
 from ..sae_core.errors import SAEError, SAEInputError
@@ -20,21 +27,37 @@ from ..sae_core.validate import check_number
 from .base import node_error
 
 log = logging.getLogger("sae_lab")
+CALL_KEY = "sae_lab_call"  # where the model-call wrapper leaves the CallContext in transformer_options
+SUPPORTED = "SDXL (Turbo, base) and SD1.5-family U-Nets, " + ", ".join(f.name for f in FAMILIES)
 
 
 def model_block_layout(model) -> BlockLayout:
-    """The transformer blocks of the loaded model, derived from ComfyUI's own diffusers key map."""
+    """The transformer blocks of the loaded model: a DiT family's block lists, or a U-Net's blocks derived from
+    ComfyUI's own diffusers key map."""
     config = getattr(model.model, "model_config", None)
-    family = type(config).__name__ if config is not None else type(model.model).__name__
-    unet_config = getattr(config, "unet_config", None) or {}
+    label = type(config).__name__ if config is not None else type(model.model).__name__
     diffusion_model = model.get_model_object("diffusion_model")
+    family = family_of(diffusion_model)
+    if family is not None:
+        return family.layout(diffusion_model, label)
+    unet_config = getattr(config, "unet_config", None) or {}
     channels = {name: module.in_channels for name, module in diffusion_model.named_modules()
                 if isinstance(module, SpatialTransformer)}
-    layout = BlockLayout.from_unet_key_map(family, comfy.utils.unet_to_diffusers(unet_config), channels)
+    layout = BlockLayout.from_unet_key_map(label, comfy.utils.unet_to_diffusers(unet_config), channels) \
+        if channels else BlockLayout(label, [])
     if not len(layout):
-        raise SAEInputError(f"this {family} model has no U-Net transformer blocks an SAE can attach to; "
-                            f"SAE Lab works with SDXL (Turbo, base) and SD1.5-family U-Nets")
+        raise SAEInputError(f"this {label} model has no transformer blocks SAE Lab can patch; SAE Lab works with "
+                            f"{SUPPORTED}")
     return layout
+
+
+def model_family(model) -> str:
+    """What SAEs trained on this model record as their model_family (sdxl, sd15, flux, sd3, qwen_image...)."""
+    family = family_of(model.get_model_object("diffusion_model"))
+    if family is not None:
+        return family.name
+    name = type(getattr(model.model, "model_config", model.model)).__name__.lower()
+    return "sdxl" if "sdxl" in name else "sd15" if "sd15" in name or "sd1" in name else name
 
 
 def resolve_block(model, sae, block_text: str) -> Block:
@@ -77,19 +100,64 @@ def transformer_options_of(args: tuple, kwargs: dict) -> dict:
     return next((a for a in reversed(args) if isinstance(a, dict)), {})
 
 
+def _model_call(executor, *args, **kwargs):
+    """APPLY_MODEL wrapper: the facts of this model call, computed once for all its patched blocks."""
+    options = transformer_options_of(args, kwargs)
+    latent = args[0] if args else kwargs.get("x")
+    options[CALL_KEY] = CallContext.from_transformer_options(options, latent, kwargs.get("ref_latents"))
+    return executor(*args, **kwargs)
+
+
+def context_of(options: dict) -> CallContext:
+    ctx = options.get(CALL_KEY)
+    return ctx if isinstance(ctx, CallContext) else CallContext.from_transformer_options(options)
+
+
+def _with_call_context(patched) -> None:
+    apply_model = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+    if not patched.get_wrappers(apply_model, CALL_KEY):
+        patched.add_wrapper_with_key(apply_model, CALL_KEY, _model_call)
+
+
 def install_block_patch(model, block: Block, patch: BlockPatch, label: str):
     """A clone of ``model`` whose ``block`` runs ``patch`` after every call (errors are named by ``label``)."""
     patched = model.clone()
+    _with_call_context(patched)
+    if block.kind == SPATIAL_TRANSFORMER:
+        _patch_spatial_transformer(patched, block, patch, label)
+    else:
+        _patch_dit_block(patched, block, patch, label)
+    return patched
+
+
+def _patch_spatial_transformer(patched, block: Block, patch: BlockPatch, label: str) -> None:
     key = f"diffusion_model.{block.comfy}.forward"
     inner = patched.get_model_object(key)  # the module's forward, or an earlier patch: patches chain
 
     def forward(x, *args, **kwargs):  # every argument ComfyUI gives is passed through unchanged
         y = inner(x, *args, **kwargs)
         try:
-            ctx = CallContext.from_transformer_options(transformer_options_of(args, kwargs))
-            return patched_output(patch, x, y, ctx)
+            return patched_output(patch, x, y, context_of(transformer_options_of(args, kwargs)))
         except SAEError as exc:
             raise node_error(label, exc) from None
 
     patched.add_object_patch(key, forward)
-    return patched
+
+
+def _patch_dit_block(patched, block: Block, patch: BlockPatch, label: str) -> None:
+    diffusion_model = patched.get_model_object("diffusion_model")
+    patch_size = family_of(diffusion_model).patch_size(diffusion_model)
+    replacements = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    previous = replacements.get((block.kind, block.index))  # another pack's (or an earlier SAE Lab) replacement
+
+    def replacement(args: dict, extra: dict) -> dict:
+        out = previous(args, extra) if previous is not None else extra["original_block"](args)
+        try:
+            ctx = context_of(args.get("transformer_options") or {})
+            view = block_view(block.kind, args, out, ctx, patch_size)
+            delta = patch(view, ctx)
+        except SAEError as exc:
+            raise node_error(label, exc) from None
+        return out if delta is None else {**out, "img": view.with_delta(delta)}
+
+    patched.set_model_patch_replace(replacement, "dit", block.kind, block.index)

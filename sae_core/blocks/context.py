@@ -11,21 +11,33 @@ from .passes import POSITIVE
 
 @dataclass(frozen=True)
 class CallContext:
-    """Per-call facts: the pass of each chunk (``cond_or_uncond``), the current sigma and the schedule."""
+    """Facts of one model call that every patched block of it shares: the pass of each chunk
+    (``cond_or_uncond``), the current sigma, the schedule, and the latent's shape and reference latents (which
+    locate the generated image's tokens in a diffusion transformer)."""
 
     chunk_kinds: tuple[int, ...] = (POSITIVE,)
     sigma: float | None = None
     sample_sigmas: tuple[float, ...] | None = None  # the whole schedule, ending with the final sigma (often 0)
+    latent_shape: tuple[int, ...] | None = None
+    ref_shapes: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
-    def from_transformer_options(cls, options: dict) -> CallContext:
-        """From ComfyUI's ``transformer_options`` (plain dict keys: no ComfyUI import needed)."""
+    def from_transformer_options(cls, options: dict, latent: torch.Tensor | None = None,
+                                 ref_latents=None) -> CallContext:
+        """From ComfyUI's ``transformer_options`` (plain dict keys: no ComfyUI import needed) and, when the caller
+        has them, the latent and reference latents of the model call."""
         kinds = tuple(int(k) for k in (options.get("cond_or_uncond") or (POSITIVE,)))
         sigmas = options.get("sigmas")
         sigma = float(sigmas.max()) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
         schedule = options.get("sample_sigmas")
         schedule = tuple(schedule.tolist()) if isinstance(schedule, torch.Tensor) else None
-        return cls(kinds, sigma, schedule)
+        shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
+        refs = tuple(tuple(r.shape) for r in (ref_latents or ()) if isinstance(r, torch.Tensor))
+        return cls(kinds, sigma, schedule, shape, refs)
+
+    def ref_tokens(self, patch: int) -> int:
+        """Tokens the reference latents add after the generated image (patches of ``patch`` x ``patch``)."""
+        return sum(((s[-2] + patch // 2) // patch) * ((s[-1] + patch // 2) // patch) for s in self.ref_shapes)
 
     @property
     def n_steps(self) -> int | None:

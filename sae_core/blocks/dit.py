@@ -62,7 +62,7 @@ class TokenBlockView:
         return torch.cat([y[:, :self.start], edited, y[:, self.stop:]], dim=1)
 
 
-def image_start(kind: str, args: dict, grid: tuple[int, int], ctx: CallContext) -> int:
+def image_start(kind: str, args: dict, grid: tuple[int, int], ctx: CallContext, patch: int) -> int:
     """Where the generated image's tokens start in the block's ``img`` sequence."""
     if kind != SINGLE:
         return 0
@@ -70,12 +70,12 @@ def image_start(kind: str, args: dict, grid: tuple[int, int], ctx: CallContext) 
     img_slice = options.get("img_slice")  # ComfyUI 0.33+: [text tokens, ...]
     if isinstance(img_slice, (list, tuple)) and img_slice:
         return int(img_slice[0])
-    return args["img"].shape[1] - grid[0] * grid[1] - ctx.ref_tokens  # cat(txt, img, refs)
+    return args["img"].shape[1] - grid[0] * grid[1] - ctx.ref_tokens(patch)  # cat(txt, img, refs)
 
 
 def block_view(kind: str, args: dict, out: dict, ctx: CallContext, patch: int) -> TokenBlockView:
     grid = token_grid(ctx.latent_shape, patch)
-    start = image_start(kind, args, grid, ctx)
+    start = image_start(kind, args, grid, ctx, patch)
     x, y = args["img"], out["img"]
     if start < 0 or start + grid[0] * grid[1] > y.shape[1]:
         raise SAEInputError(f"the block's sequence of {y.shape[1]} tokens does not hold the {grid[0]}x{grid[1]} "

@@ -26,6 +26,7 @@ _UNET_SHORT = re.compile(r"^(?:(down|up)\.(\d+)\.(\d+)|mid(?:\.(0))?)$")
 _UNET_COMFY = re.compile(r"^(?:(input|output)_blocks\.(\d+)\.(\d+)|middle_block\.(1))$")
 _DIT = re.compile(r"^(single_)?transformer_blocks\.(\d+)$")
 _DIT_SHORT = re.compile(r"^(block|double|joint|single)\.(\d+)$")
+_DIT_COMFY = re.compile(r"^(double_blocks|joint_blocks|single_blocks)\.(\d+)$")  # one family each: unambiguous
 UNET_KEY_MAP_ENTRY = re.compile(
     r"^((?:down|up)_blocks\.\d+\.attentions\.\d+|mid_block\.attentions\.0)\.proj_in\.weight$")
 
@@ -39,17 +40,17 @@ def strip_prefix(text: str) -> str:
 
 
 def diffusers_name(text: str) -> str | None:
-    """Canonical diffusers block name for a diffusers name or short code (U-Net or DiT); None for anything else
-    (ComfyUI paths need the model's layout)."""
+    """Canonical diffusers block name for a diffusers name or short code (U-Net or DiT), or a DiT's ComfyUI path;
+    None for anything else (ComfyUI's U-Net paths need the model's layout)."""
     name = strip_prefix(text)
     if _UNET.match(name) or _DIT.match(name):
         return name
     m = _UNET_SHORT.match(name)
     if m:
         return f"{m.group(1)}_blocks.{m.group(2)}.attentions.{m.group(3)}" if m.group(1) else "mid_block.attentions.0"
-    m = _DIT_SHORT.match(name)
+    m = _DIT_SHORT.match(name) or _DIT_COMFY.match(name)
     if m:
-        return f"{'single_' if m.group(1) == 'single' else ''}transformer_blocks.{m.group(2)}"
+        return f"{'single_' if m.group(1).startswith('single') else ''}transformer_blocks.{m.group(2)}"
     return None
 
 

@@ -8,11 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from ..blocks.context import CallContext
 from ..blocks.passes import NEGATIVE, POSITIVE, STORE_PASSES, row_kinds
 from ..blocks.patch import INPUT_KINDS, BlockView
-from ..validate import check_choice
+from ..validate import check_choice, check_number
+from .data import derive_seed
 from .dataset import DTYPES, ActivationDatasetWriter, ShardData, ShardPlan
 
 
@@ -20,15 +22,27 @@ class CollectPatch:
     """A block patch that stores what an SAE at this block would encode and changes nothing.
 
     Rows of the chosen passes are copied to the CPU in the storage dtype, one row per position of the generated
-    image, tagged with ``prompt_index`` (set by the caller).
+    image, tagged with ``prompt_index`` (set by the caller). With ``positions`` > 0 only that many positions of
+    each image and step are kept, drawn at random (seeded by ``seed``, the prompt, the step and the row, so a
+    re-run draws the same ones): a 1024 px Flux image has 4096 positions per block and step.
     """
 
-    def __init__(self, input_kind: str, passes: str = "positive", dtype: str = "fp16"):
+    def __init__(self, input_kind: str, passes: str = "positive", dtype: str = "fp16", positions: int = 0,
+                 seed: int = 0):
         self.input_kind = check_choice("store", input_kind, INPUT_KINDS)
         self.passes = check_choice("passes", passes, STORE_PASSES)
         self.dtype = DTYPES[check_choice("dtype", dtype, DTYPES)]
+        self.positions = int(check_number("positions_per_image", positions, 0, 1 << 20, integer=True))
+        self.seed = seed
         self.prompt_index = 0
         self.data = ShardData()
+
+    def _subset(self, step: int, row: int, total: int) -> Tensor:
+        """The positions kept for one row: all, or a seeded random subset in position order."""
+        if not self.positions or self.positions >= total:
+            return torch.arange(total)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.prompt_index, step, row))
+        return torch.randperm(total, generator=g)[: self.positions].sort().values
 
     def __call__(self, view: BlockView, ctx: CallContext) -> None:
         with torch.no_grad():
@@ -39,14 +53,18 @@ class CollectPatch:
             keep = torch.isin(row_kind, torch.tensor(wanted))
             if not bool(keep.any()):
                 return None
-            picked = u[keep.to(u.device)]
-            positions = h * w
-            self.data.activations.append(picked.reshape(-1, c).to(device="cpu", dtype=self.dtype))
-            kept = int(keep.sum())
-            self.data.rows["prompt"].append(torch.full((kept * positions,), self.prompt_index, dtype=torch.int32))
-            self.data.rows["step"].append(torch.full((kept * positions,), ctx.step or 0, dtype=torch.int32))
-            self.data.rows["position"].append(torch.arange(positions, dtype=torch.int32).repeat(kept))
-            self.data.rows["pass"].append(row_kind[keep].to(torch.int32).repeat_interleave(positions))
+            step = ctx.step or 0
+            rows = keep.nonzero().flatten().tolist()
+            subsets = [self._subset(step, r, h * w) for r in rows]
+            flat = u.reshape(n, h * w, c)
+            picked = torch.cat([flat[r, s.to(u.device)] for r, s in zip(rows, subsets)])
+            count = sum(len(s) for s in subsets)
+            self.data.activations.append(picked.to(device="cpu", dtype=self.dtype))
+            self.data.rows["prompt"].append(torch.full((count,), self.prompt_index, dtype=torch.int32))
+            self.data.rows["step"].append(torch.full((count,), step, dtype=torch.int32))
+            self.data.rows["position"].append(torch.cat(subsets).to(torch.int32))
+            self.data.rows["pass"].append(torch.cat([torch.full((len(s),), int(row_kind[r]), dtype=torch.int32)
+                                                     for r, s in zip(rows, subsets)]))
             self.data.grid = (h, w)
         return None
 

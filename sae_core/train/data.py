@@ -138,8 +138,9 @@ class ActivationSource:
             raise SAEInputError(f"dataset {str(root)!r} has no finished shard yet for block {chosen}; run the "
                                 f"collection (it resumes where it stopped)")
         meta = blocks[chosen]
+        model = manifest.get("model", {})
         info = {"hookpoint": meta.get("hookpoint"), "input_kind": manifest.get("input_kind"),
-                "model_family": manifest.get("model", {}).get("family"), "block": chosen,
+                "model_family": model.get("architecture") or model.get("family"), "block": chosen,
                 "dataset": str(root), "dataset_name": manifest.get("name")}
         return cls._open_files(files, chunk_rows, label=f"{root} [{chosen}]", info=info)
 
