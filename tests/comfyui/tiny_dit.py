@@ -93,3 +93,32 @@ def dit_conditioning(family: str, batch: int = 1, seed: int = 0, tokens: int = 1
 def with_reference(conditioning, latent: torch.Tensor):
     """The conditioning with a reference latent (Flux Kontext / Qwen-Image edit), as ReferenceLatent sets it."""
     return [[c, {**extras, "reference_latents": [latent]}] for c, extras in conditioning]
+
+
+class DiTProbe:
+    """Records (img in, out dict, cond_or_uncond) of every call of one DiT block, as the outermost replacement
+    (it calls whatever replacement is already there, e.g. SAE Lab's)."""
+
+    def __init__(self, model, kind: str, index: int):
+        self.calls: list[tuple[torch.Tensor, dict, list]] = []
+        self.model = model.clone()
+        dit = self.model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        previous = dit.get((kind, index))
+
+        def replacement(args, extra):
+            out = previous(args, extra) if previous is not None else extra["original_block"](args)
+            options = args.get("transformer_options") or {}
+            self.calls.append((args["img"].detach().clone(), {k: v.detach().clone() for k, v in out.items()
+                                                              if isinstance(v, torch.Tensor)},
+                               list(options.get("cond_or_uncond", []))))
+            return out
+
+        self.model.set_model_patch_replace(replacement, "dit", kind, index)
+
+
+def sample(model, positive, negative, latent: torch.Tensor, steps: int = 2, cfg: float = 1.0, seed: int = 0):
+    """ComfyUI's KSampler path on a latent tensor (simple scheduler, as flow models use)."""
+    import nodes
+
+    return nodes.common_ksampler(model, seed, steps, cfg, "euler", "simple", positive, negative,
+                                 {"samples": latent}, denoise=1.0)[0]["samples"]
