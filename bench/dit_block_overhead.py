@@ -14,21 +14,27 @@ when no replacement is installed. The call's CallContext (latent (1, 16, 128, 12
 cond_or_uncond) is what SAE Lab's APPLY_MODEL wrapper leaves in ``transformer_options``; it is computed once per
 model call (57 blocks in Flux.1), so it is outside the timed block calls.
 
-Variants, timed interleaved in one run (median and minimum of ``--repeats``; fresh copies of the inputs for each
-call, made outside the timing, because Flux's blocks add their updates into ``img``/``txt`` in place):
+Variants, timed interleaved in one run (round-robin, the order rotated each round; median and minimum of
+``--repeats``; fresh copies of the inputs for each call, made outside the timing, because Flux's blocks add their
+updates into ``img``/``txt`` in place):
 - block alone;
 - idle steer: add, strength 0 (SteerPatch returns None: the block's own output comes back);
 - active steer: add, 3 features at strength 5, everywhere (positive pass, no mask);
 - recording: SAE Record Activations (a full encode + top-k + fp16 store of every image token).
-Before timing, one call of each checks what the patch should do (idle and recording bit-identical to the block,
-active steer changing only image tokens). Also printed: each variant's extra milliseconds as a share of a
-whole Flux.1 step (19 double + 38 single blocks at these sizes), i.e. the cost of patching one block of a model.
+Besides whole calls (noisy on a shared CPU), each patched call's original block is clocked inside the
+replacement: "patch ms" is the rest of the call (the patch's own time) and "in-call" the call over its block part,
+a ratio taken within each call, so far less sensitive to other load than a ratio between calls. Before timing, one
+call of each checks what the patch should do (idle and recording bit-identical to the block, active steer changing
+only image tokens) and whether the block updates its input in place. Also printed: each variant's patch time as a
+share of a whole Flux.1 model call (19 double + 38 single blocks at these sizes), the cost of patching one block.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/dit_block_overhead.py [--repeats 3] [--quick]
         [--tokens 4096] [--text-tokens 512] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+        [--input-kind diff|output] [--blocks both|double|single]
 
-Full size needs ~3 GiB of memory on CPU (the two blocks are ~0.5 B parameters) and, on 2 cores, ~15 s per block
-call; ``--quick`` runs 1024 image tokens (512x512 px) and 256 text tokens at the same width.
+Full size needs ~3 GiB of memory and, on 2 CPU cores, 13 s or more per block call: 2 x 4 x (1 + repeats) calls,
+8 minutes or more. ``--quick`` runs 1024 image tokens (512x512 px) and 256 text tokens at the same width (about a
+minute on an idle 2-core machine); ``--blocks double|single`` times one of the two.
 """
 from __future__ import annotations
 
@@ -123,8 +129,23 @@ def call_context_options(patched, grid: tuple[int, int], device, *, img_slice: l
     return options
 
 
-def callers(kind: str, block, data: dict, options: dict, replacement):
-    """(unpatched call, call through the replacement), both taking fresh img/txt; each returns the output dict."""
+def _clocked(wrap, inside: list[float], device: torch.device):
+    """``wrap`` (the original block, as the replacement gets it) adding its own time to ``inside``."""
+    def clocked(args):
+        _sync(device)
+        start = time.perf_counter()
+        try:
+            return wrap(args)
+        finally:
+            _sync(device)
+            inside.append(time.perf_counter() - start)
+
+    return clocked
+
+
+def callers(kind: str, block, data: dict, options: dict, replacement, inside: list[float], device: torch.device):
+    """(unpatched call, call through the replacement), both taking fresh img/txt; each returns the output dict.
+    The replacement's original block is clocked into ``inside``: what is left of the call is the patch's own time."""
     if kind == "double_block":
         def direct(img, txt):
             out_img, out_txt = block(img=img, txt=txt, vec=data["vec"], pe=data["pe"], attn_mask=None,
@@ -140,7 +161,7 @@ def callers(kind: str, block, data: dict, options: dict, replacement):
 
         def through(img, txt):
             return replacement({"img": img, "txt": txt, "vec": data["vec"], "pe": data["pe"], "attn_mask": None,
-                                "transformer_options": options}, {"original_block": wrap})
+                                "transformer_options": options}, {"original_block": _clocked(wrap, inside, device)})
     else:
         def direct(img, txt):
             return {"img": block(img, vec=data["vec"], pe=data["pe"], attn_mask=None, transformer_options=options)}
@@ -151,7 +172,7 @@ def callers(kind: str, block, data: dict, options: dict, replacement):
 
         def through(img, txt):
             return replacement({"img": img, "vec": data["vec"], "pe": data["pe"], "attn_mask": None,
-                                "transformer_options": options}, {"original_block": wrap})
+                                "transformer_options": options}, {"original_block": _clocked(wrap, inside, device)})
     return direct, through
 
 
@@ -161,7 +182,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_block(kind: str, base, variants_models: dict, data: dict, grid, device, repeats: int,
-                img_slice_supported: bool, recordings: list) -> dict[str, list[float]]:
+                img_slice_supported: bool, recordings: list) -> dict[str, list[tuple[float, float]]]:
     from sae_lab_pack.nodes.patching import model_block_layout
 
     block_info = next(b for b in model_block_layout(base) if b.kind == kind)
@@ -173,36 +194,40 @@ def bench_block(kind: str, base, variants_models: dict, data: dict, grid, device
         img0, txt0 = torch.cat([data["txt"], data["img"]], dim=1), None
     img_slice = [text, img0.shape[1]] if kind == "single_block" and img_slice_supported else None
 
-    runs = {}
+    runs, inside = {}, []
     for name, patched in variants_models.items():
         options = call_context_options(patched, grid, device, img_slice=img_slice)
         dit = options.get("patches_replace", {}).get("dit", {})
-        direct, through = callers(kind, module, data, options, dit.get((kind, block_info.index)))
+        direct, through = callers(kind, module, data, options, dit.get((kind, block_info.index)), inside, device)
         runs[name] = direct if patched is base else through
 
     def fresh():
         return img0.clone(), (txt0.clone() if txt0 is not None else None)
 
-    def timed(fn) -> tuple[float, dict, torch.Tensor]:
+    def timed(fn) -> tuple[tuple[float, float], dict, torch.Tensor]:
+        """((whole call, the block's part of it), output, the input img) of one call on fresh inputs."""
         img, txt = fresh()
+        inside.clear()
         _sync(device)
         start = time.perf_counter()
         with torch.inference_mode():
             out = fn(img, txt)
         _sync(device)
-        return time.perf_counter() - start, out, img
+        total = time.perf_counter() - start
+        return (total, sum(inside) if inside else total), out, img
 
     # warm-up, one call of each, and what each variant should do to the block's output
     outputs = {}
     for name, fn in runs.items():
         seconds, out, img_in = timed(fn)
         outputs[name] = (out, img_in)
-        print(f"  warm-up {name:14} {seconds * 1e3:9.1f} ms", flush=True)
+        print(f"  warm-up {name:14} {seconds[0] * 1e3:9.1f} ms", flush=True)
     ref, ref_in = outputs["block alone"]
     start = 0 if kind == "double_block" else text
     stop = start + grid[0] * grid[1]
-    checks = [f"block writes its update into the input in place: {ref['img'].data_ptr() == ref_in.data_ptr()} "
-              f"(then a view's x_in is its y_out, and a 'diff' SAE input is zero)"]
+    in_place = ref["img"].data_ptr() == ref_in.data_ptr()
+    checks = [f"the block adds its update into its input img in place: {in_place}"
+              + (" (so the view's x_in is its y_out: a 'diff' SAE input reads zero)" if in_place else "")]
     for name, (out, _) in outputs.items():
         if name == "block alone":
             continue
@@ -225,28 +250,34 @@ def bench_block(kind: str, base, variants_models: dict, data: dict, grid, device
         print(f"  check: {line}")
     del outputs, ref, ref_in
 
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    names = list(runs)
     for r in range(repeats):
-        for name, fn in runs.items():
-            seconds, _, _ = timed(fn)
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no variant always runs first
+            seconds, _, _ = timed(runs[name])
             times[name].append(seconds)
-        print(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {t[-1] * 1e3:.0f}" for n, t in times.items()) + " ms",
-              flush=True)
+        last = ", ".join(f"{n} {t[-1][0] * 1e3:.0f}" for n, t in times.items())
+        print(f"  repeat {r + 1}/{repeats}: {last} ms", flush=True)
     return times
 
 
-def table(kind: str, times: dict[str, list[float]], step_ms: float | None) -> None:
-    base = times["block alone"]
+def table(kind: str, times: dict[str, list[tuple[float, float]]], step_ms: float | None) -> None:
+    """Whole calls against the block alone (median, minimum), and the patch's own time inside each call."""
+    base = [total for total, _ in times["block alone"]]
     base_median, base_min = statistics.median(base), min(base)
-    print(f"\n{kind} (ratios to the block alone; the minimum is the steadier figure on a shared machine)")
-    head = f"{'variant':16} {'median ms':>10} {'ratio':>7} {'min ms':>10} {'ratio':>7} {'extra ms':>9}"
-    print(head + ("  extra / Flux.1 step" if step_ms else ""))
+    print(f"\n{kind}: whole calls, ratios to the block alone (the minimum is the steadier figure on a shared "
+          f"machine); 'patch': the time of each call outside its original block, 'in-call': the call over its "
+          f"block part (medians, measured within each call)")
+    head = f"{'variant':14} {'median ms':>10} {'ratio':>6} {'min ms':>9} {'ratio':>6} {'patch ms':>9} {'in-call':>7}"
+    print(head + ("  patch / Flux.1 step" if step_ms else ""))
     for name, values in times.items():
-        median, best = statistics.median(values), min(values)
-        extra = (median - base_median) * 1e3
-        line = (f"{name:16} {median * 1e3:10.1f} {median / base_median:7.3f} {best * 1e3:10.1f} "
-                f"{best / base_min:7.3f} {extra:9.1f}")
-        print(line + (f"  {100 * extra / step_ms:6.2f}%" if step_ms else ""))
+        totals = [total for total, _ in values]
+        median, best = statistics.median(totals), min(totals)
+        own = statistics.median(total - block for total, block in values) * 1e3
+        in_call = statistics.median(total / block for total, block in values)
+        line = (f"{name:14} {median * 1e3:10.1f} {median / base_median:6.3f} {best * 1e3:9.1f} "
+                f"{best / base_min:6.3f} {own:9.1f} {in_call:7.3f}")
+        print(line + (f"  {100 * own / step_ms:7.3f}%" if step_ms else ""))
 
 
 def main() -> None:
@@ -306,7 +337,7 @@ def main() -> None:
         print(f"\n{kind} {target.comfy} ({target.diffusers})", flush=True)
         results[kind] = bench_block(kind, base, variants, data, grid, device, args.repeats, img_slice_supported,
                                     [recording])
-    medians = {k: statistics.median(t["block alone"]) * 1e3 for k, t in results.items()}
+    medians = {k: statistics.median(total for total, _ in t["block alone"]) * 1e3 for k, t in results.items()}
     step_ms = sum(FLUX1_BLOCKS[k] * medians[k] for k in FLUX1_BLOCKS) if len(medians) == 2 else None
     for kind, times in results.items():
         table(kind, times, step_ms)

@@ -30,10 +30,10 @@ def main() -> None:
     inside = [0.0]
     original_call = RecordPatch.__call__
 
-    def timed_call(self, x_in, y_out, ctx):
+    def timed_call(self, view, ctx):
         start = time.perf_counter()
         try:
-            return original_call(self, x_in, y_out, ctx)
+            return original_call(self, view, ctx)
         finally:
             inside[0] += time.perf_counter() - start
 

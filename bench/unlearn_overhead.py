@@ -33,8 +33,9 @@ def main() -> None:
     from sae_lab_pack.nodes.patching import install_block_patch, model_block_layout
     from sae_lab_pack.sae_core import SparseAutoencoder
     from sae_lab_pack.sae_core.blocks.context import CallContext
+    from sae_lab_pack.sae_core.blocks.unet import patched_output
     from sae_lab_pack.sae_core.edits.unlearn import ConceptSelection, StepSelection, UnlearnPatch
-    from sae_lab_pack.sae_core.observe.concept_profile import LatentRecorder
+    from sae_lab_pack.sae_core.observe.concept_recorder import ConceptRecordPatch
 
     model = full_sd15()
     sae = SparseAutoencoder(1280, 20480, 32, hookpoint=HOOK, input_kind="output")
@@ -51,7 +52,7 @@ def main() -> None:
 
         return UnlearnPatch(sae, [ConceptSelection(_Profile(), 99.999, -1.0, (step,))])
 
-    recorder = LatentRecorder(sae)
+    recorder = ConceptRecordPatch(sae)
     patches = {"unlearn, idle": unlearn(1e30), "unlearn, editing": unlearn(-1.0), "recording": recorder}
 
     # ---- the block alone: SAeUron's up.1.2 at 512 px (16 x 16 positions), both CFG passes
@@ -67,11 +68,11 @@ def main() -> None:
             start = time.perf_counter()
             out = module(x, context=context, transformer_options={})
             if patch is not None:
-                patch(x, out, ctx)
+                patched_output(patch, x, out, ctx)
             return time.perf_counter() - start
 
         for p in patches.values():
-            p(x, y, ctx)  # warm-up
+            patched_output(p, x, y, ctx)  # warm-up
         block_times = interleaved({"block forward": None, **patches}, block_time, args.repeats)
     report(block_times, f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1.5 up.1.2 block, "
            f"2 x 16 x 16 positions; SAE 1280 -> 20480, k 32; {args.repeats} runs", scale=1000, unit="ms")

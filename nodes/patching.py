@@ -17,7 +17,7 @@ import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..sae_core.blocks.context import CallContext, StepWindow
-from ..sae_core.blocks.dit import block_view
+from ..sae_core.blocks.dit import TokenBlockView, image_input, locate
 from ..sae_core.blocks.families import FAMILIES, family_of
 from ..sae_core.blocks.layout import SPATIAL_TRANSFORMER, Block, BlockLayout
 from ..sae_core.blocks.patch import BlockPatch
@@ -28,7 +28,7 @@ from .base import node_error
 
 log = logging.getLogger("sae_lab")
 CALL_KEY = "sae_lab_call"  # where the model-call wrapper leaves the CallContext in transformer_options
-SUPPORTED = "SDXL (Turbo, base) and SD1.5-family U-Nets, " + ", ".join(f.name for f in FAMILIES)
+SUPPORTED = "SDXL (Turbo, base) and SD1.5-family U-Nets and " + ", ".join(f.title for f in FAMILIES)
 
 
 def model_block_layout(model) -> BlockLayout:
@@ -150,11 +150,19 @@ def _patch_dit_block(patched, block: Block, patch: BlockPatch, label: str) -> No
     replacements = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     previous = replacements.get((block.kind, block.index))  # another pack's (or an earlier SAE Lab) replacement
 
+    reads_update = getattr(patch, "input_kind", "diff") == "diff"
+
     def replacement(args: dict, extra: dict) -> dict:
-        out = previous(args, extra) if previous is not None else extra["original_block"](args)
         try:
             ctx = context_of(args.get("transformer_options") or {})
-            view = block_view(block.kind, args, out, ctx, patch_size)
+            start, grid = locate(block.kind, args, ctx, patch_size)
+        except SAEError as exc:
+            raise node_error(label, exc) from None
+        # ComfyUI's Flux blocks add their update to their input in place: keep the image tokens of the input first
+        x_image = image_input(args, start, grid) if reads_update else None
+        out = previous(args, extra) if previous is not None else extra["original_block"](args)
+        try:
+            view = TokenBlockView(x_image, out["img"], start, grid)
             delta = patch(view, ctx)
         except SAEError as exc:
             raise node_error(label, exc) from None

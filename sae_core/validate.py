@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import SAEInputError
 
 SHOWN_CHARS = 60  # a bad value is echoed at most this long
+_SEGMENT = re.compile(r"^\w[\w .+()\[\]=,@-]*$")  # no %, $, ~, quotes, control characters
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
@@ -52,7 +54,8 @@ def check_number(name: str, value: object, minimum: float | None = None, maximum
         low = "" if minimum is None else f"{minimum:g}"
         high = "" if maximum is None else f"{maximum:g}"
         bounds = f"between {low} and {high}" if low and high else (f"at least {low}" if low else f"at most {high}")
-        raise SAEInputError(f"{name} {value:g} is out of range: it must be {bounds}")
+        number = f"{value:g}" if abs(value) < 1e300 else shown(value, 20)
+        raise SAEInputError(f"{name} {number} is out of range: it must be {bounds}")
     return value
 
 
@@ -76,9 +79,10 @@ def relative_parts(name: object, what: str) -> list[str]:
     if not text:
         raise SAEInputError(f"{what} is empty; give a name inside its folder")
     parts = text.replace("\\", "/").split("/")
-    if text.startswith(("/", "\\", "~")) or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+    if text.startswith(("/", "\\", "~")) or any(p in ("", ".", "..") or not _SEGMENT.match(p) for p in parts):
         raise SAEInputError(f"{what} {shown(text)} is not a valid file name: it must be a relative name inside its "
-                            f"folder (no absolute paths, drive letters, '~', '..' or empty parts)")
+                            f"folder, made of letters, digits, spaces and . _ - + ( ) (no absolute paths, drive "
+                            f"letters, '~', '..', '%' or empty parts)")
     return parts
 
 

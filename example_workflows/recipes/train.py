@@ -30,7 +30,7 @@ def train_sae() -> dict:
     ckpt, pos, neg, latent = turbo_base(g, "a photo of a red fox in the snow")
     collect = g.add("SAECollectActivations",
                     [PROMPTS, "down.2.1", "diff", "my_dataset", 1, 1.0, "euler_ancestral", "sgm_uniform", 0, 512, 512,
-                     "positive", "fp16", "", "", 8],
+                     "positive", "fp16", "", "", 8, 0],
                     pos=(820, 0), size=(420, 560), title="Collect block updates at down.2.1",
                     model=(ckpt, 0), clip=(ckpt, 1))
     train = g.add("SAETrain",

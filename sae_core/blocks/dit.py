@@ -35,10 +35,11 @@ def token_grid(latent_shape: tuple[int, ...] | None, patch: int) -> tuple[int, i
 
 @dataclass(frozen=True)
 class TokenBlockView:
-    """One call of a DiT block: input and output sequences (N, L, C); the generated image is ``grid`` tokens
-    starting at ``start``."""
+    """One call of a DiT block: the generated image's ``grid`` tokens at ``start`` of the output sequence ``y_out``
+    (N, L, C), and the same tokens of the input (``x_image``, (N, h*w, C)), copied before the block ran: ComfyUI's
+    Flux blocks add their update to their input in place. None when the patch reads only the output."""
 
-    x_in: Tensor
+    x_image: Tensor | None
     y_out: Tensor
     start: int
     grid: tuple[int, int]
@@ -52,8 +53,11 @@ class TokenBlockView:
         return self.start + self.grid[0] * self.grid[1]
 
     def sae_input(self, input_kind: str | None) -> Tensor:
-        y = self.y_out[:, self.start:self.stop]
-        u = y - self.x_in[:, self.start:self.stop] if input_kind == "diff" else y
+        u = self.y_out[:, self.start:self.stop]
+        if input_kind == "diff":
+            if self.x_image is None:
+                raise SAEInputError("this block's input was not kept, so its update cannot be read")
+            u = u - self.x_image
         return u.reshape(u.shape[0], *self.grid, u.shape[-1])
 
     def with_delta(self, delta: Tensor) -> Tensor:
@@ -73,14 +77,30 @@ def image_start(kind: str, args: dict, grid: tuple[int, int], ctx: CallContext, 
     return args["img"].shape[1] - grid[0] * grid[1] - ctx.ref_tokens(patch)  # cat(txt, img, refs)
 
 
-def block_view(kind: str, args: dict, out: dict, ctx: CallContext, patch: int) -> TokenBlockView:
+def locate(kind: str, args: dict, ctx: CallContext, patch: int) -> tuple[int, tuple[int, int]]:
+    """(start, grid) of the generated image's tokens in this call's ``img`` sequence, checked."""
     grid = token_grid(ctx.latent_shape, patch)
     start = image_start(kind, args, grid, ctx, patch)
-    x, y = args["img"], out["img"]
-    if start < 0 or start + grid[0] * grid[1] > y.shape[1]:
-        raise SAEInputError(f"the block's sequence of {y.shape[1]} tokens does not hold the {grid[0]}x{grid[1]} "
+    length = args["img"].shape[1]
+    if start < 0 or start + grid[0] * grid[1] > length:
+        raise SAEInputError(f"the block's sequence of {length} tokens does not hold the {grid[0]}x{grid[1]} "
                             f"image tokens at {start}; this model's token layout is not supported")
-    return TokenBlockView(x, y, start, grid)
+    return start, grid
+
+
+def image_input(args: dict, start: int, grid: tuple[int, int]) -> Tensor:
+    """A copy of the image tokens of the block's input, taken before the block runs."""
+    return args["img"][:, start:start + grid[0] * grid[1]].clone()
+
+
+def block_view(kind: str, args: dict, out: dict, ctx: CallContext, patch: int,
+               x_image: Tensor | None = None) -> TokenBlockView:
+    """The view of a call whose input image tokens (``x_image``, from :func:`image_input`) were kept; without them,
+    taken from ``args`` now (right only for blocks that do not write into their input)."""
+    start, grid = locate(kind, args, ctx, patch)
+    if x_image is None:
+        x_image = image_input(args, start, grid)
+    return TokenBlockView(x_image, out["img"], start, grid)
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,7 @@ class DiTFamily:
     """What SAE Lab needs to know about one DiT architecture; each lives in a small file in ``families/``."""
 
     name: str                      # model_family of SAEs trained on it: flux, sd3, qwen_image
+    title: str                     # as users call it, for messages
     class_names: tuple[str, ...]   # ComfyUI diffusion-model classes (matched by name: no ComfyUI import here)
     blocks: tuple[BlockList, ...]
     width: Callable[[object], int]  # hidden size, from the diffusion model

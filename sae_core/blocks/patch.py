@@ -34,6 +34,8 @@ class BlockView(Protocol):
 
 
 class BlockPatch(Protocol):
+    input_kind: str | None  # what the patch reads: "diff" needs the block's input kept (adapters copy it first)
+
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
         """The change of the SAE input (N, h, w, C), or None when the output stays exactly as it is."""
 

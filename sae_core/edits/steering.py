@@ -88,6 +88,7 @@ class SteerPatch:
         self.steering = steering
         self.window = window
         self.weights = EditWeights(mask, passes)
+        self.input_kind = steering.sae.input_kind
 
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
         if self.steering.idle or not self.window.contains(ctx.sigma):

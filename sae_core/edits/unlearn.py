@@ -186,6 +186,7 @@ class UnlearnPatch:
         if not selections:
             raise SAEInputError("no concept to unlearn")
         self.sae = sae
+        self.input_kind = sae.input_kind
         self.selections = list(selections)
         self.window = window
         self.passes = passes

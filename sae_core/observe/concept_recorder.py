@@ -26,6 +26,7 @@ class ConceptRecordPatch:
 
     def __init__(self, sae: SparseAutoencoder):
         self.sae = sae
+        self.input_kind = sae.input_kind
         self.group = GROUPS[0]
         self.sigmas: tuple[float, ...] | None = None
         self._sums: dict[str, Tensor] = {}

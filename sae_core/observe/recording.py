@@ -126,6 +126,7 @@ class RecordPatch:
 
     def __init__(self, sae: SparseAutoencoder, recording: Recording):
         self.sae = sae
+        self.input_kind = sae.input_kind
         self.recording = recording
 
     def __call__(self, view: BlockView, ctx: CallContext) -> None:

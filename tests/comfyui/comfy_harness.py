@@ -6,6 +6,7 @@ import importlib.util
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,14 @@ if COMFYUI_PATH not in sys.path:
 import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
+
+import folder_paths  # noqa: E402
+
+# ComfyUI's output, temp and input folders default to the checkout (read-only where CI runs): tests write elsewhere
+SCRATCH = Path(tempfile.mkdtemp(prefix="sae_lab_comfyui_"))
+folder_paths.set_output_directory(str(SCRATCH / "output"))
+folder_paths.set_temp_directory(str(SCRATCH / "temp"))
+folder_paths.set_input_directory(str(SCRATCH / "input"))
 
 PACK_NAME = "sae_lab_pack"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -55,7 +56,7 @@ class ComfyServer:
                 link.symlink_to(target, target_is_directory=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAE_LAB_TEST_HELPERS": str(HERE), **self.env}
         command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--base-directory", str(self.base), "--disable-auto-launch",
+                   "--base-directory", str(self.base), "--temp-directory", str(self.base), "--disable-auto-launch",
                    "--database-url", "sqlite:///:memory:"]
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=comfy_harness.COMFYUI_PATH, env=env, stdout=self.log,
@@ -169,6 +170,59 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
 # ---------------------------------------------------------------- running the example workflows
 TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
 
+# Each workflow's family, from its file name; its loaders are swapped for the test pack's tiny ones.
+FAMILY_PREFIXES = (("flux", "flux"), ("sd3", "sd3"), ("qwen_image", "qwen_image"), ("sd15", "sd15"), ("sdxl", "sdxl"))
+DIT_FAMILIES = ("flux", "sd3", "qwen_image")
+LOADERS = {"CheckpointLoaderSimple": "SAELabTestTinyCheckpoint", "UNETLoader": "SAELabTestTinyDiffusionModel",
+           "DualCLIPLoader": "SAELabTestTinyTextEncoder", "TripleCLIPLoader": "SAELabTestTinyTextEncoder",
+           "CLIPLoader": "SAELabTestTinyTextEncoder", "VAELoader": "SAELabTestTinyVAE"}
+
+# Block stacks of the real models the workflows name (Flux.1: 19 double + 38 single blocks; SD3.5 medium: 24 joint
+# blocks; Qwen-Image: 60), of the tiny ones (tests/comfyui/tiny_dit.py) and the tiny models' widths.
+REAL_DEPTHS = {"flux": {"double": 19, "single": 38}, "sd3": {"double": 24}, "qwen_image": {"double": 60}}
+TINY_DEPTHS = {"flux": {"double": 2, "single": 3}, "sd3": {"double": 2}, "qwen_image": {"double": 3}}
+TINY_DIT_WIDTHS = {"flux": 64, "sd3": 128, "qwen_image": 64}
+# Native SAEs the DiT workflows load from models/sae, by file name: (family, block in the real model)
+DIT_SAES = {"sd35_medium_block12.safetensors": ("sd3", "transformer_blocks.12"),
+            "qwen_image_block30.safetensors": ("qwen_image", "transformer_blocks.30")}
+DIT_SAE_LATENTS = 2048
+# On the tiny models the DiT workflows' image sizes (1024-1328 px) are divided by TINY_SIZE_DIVISOR: a run takes
+# seconds, and the tiny SD3 (pos_embed_max_size 32) takes at most 512 px.
+TINY_SIZE_DIVISOR = 4
+SIZED_NODES = {"EmptySD3LatentImage", "SAECollectActivations", "SAEConceptProfile"}
+_DIT_BLOCK = re.compile(r"^(?P<head>(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
+                        r"(?P<kind>single_transformer_blocks|single_blocks|single|transformer_blocks|double_blocks|"
+                        r"joint_blocks|double|joint|block)\.)(?P<index>\d+)$")
+
+
+def workflow_family(workflow_path: Path) -> str:
+    """sdxl, sd15, flux, sd3 (sd35_...) or qwen_image, from the start of the workflow's file name."""
+    for prefix, family in FAMILY_PREFIXES:
+        if workflow_path.stem.startswith(prefix):
+            return family
+    raise ValueError(f"{workflow_path.name}: no model family for its name (known: {dict(FAMILY_PREFIXES)})")
+
+
+def tiny_block(name: str, family: str) -> str:
+    """A block of the real model (any DiT notation) -> the block at the same depth of the tiny model, in the same
+    notation: Flux single.9 -> single.0, SD3.5 medium joint.12 -> joint.1. A block the real model lacks is refused."""
+    m = _DIT_BLOCK.match(name.strip())
+    if m is None:
+        raise ValueError(f"{name!r} is not a {family} block name")
+    kind = "single" if m["kind"].startswith("single") else "double"
+    real, tiny, index = REAL_DEPTHS[family].get(kind), TINY_DEPTHS[family].get(kind), int(m["index"])
+    if real is None or index >= real:
+        raise ValueError(f"{name!r} does not exist in the real {family} model ({REAL_DEPTHS[family]})")
+    return f"{m['head']}{round(index * (tiny - 1) / (real - 1))}"
+
+
+def tiny_blocks(text: str, family: str) -> str:
+    return ", ".join(tiny_block(part, family) for part in text.split(",") if part.strip())
+
+
+def tiny_side(pixels: int) -> int:
+    return max(64, round(pixels / TINY_SIZE_DIVISOR / 16) * 16)
+
 
 def place_hub_saes(models: Path) -> None:
     """What Load SAE would have downloaded from the hub, at the tiny models' widths."""
@@ -181,24 +235,58 @@ def place_hub_saes(models: Path) -> None:
         write_sparsify(saeuron, hook=hook, d=TINY_WIDTH, expansion=16, k=32, seed=i)
 
 
+def place_dit_saes(models: Path) -> None:
+    """The native SAEs the DiT workflows name, on the tiny block at the real block's depth, at the tiny width."""
+    import torch
+
+    from sae_core import SparseAutoencoder, save_sae
+
+    for i, (filename, (family, block)) in enumerate(sorted(DIT_SAES.items())):
+        sae = SparseAutoencoder(TINY_DIT_WIDTHS[family], DIT_SAE_LATENTS, 32,
+                                hookpoint=f"transformer.{tiny_block(block, family)}", input_kind="diff",
+                                model_family=family, name=Path(filename).stem)
+        sae.reset_parameters(torch.Generator().manual_seed(i))
+        sae.set_feature_stats(mean=torch.full((DIT_SAE_LATENTS,), 2.0))
+        (models / "sae").mkdir(parents=True, exist_ok=True)
+        save_sae(sae, models / "sae" / filename)
+
+
 def workflow_server(base: Path) -> ComfyServer:
-    """A server for running example workflows: hub SAEs pre-placed under ``base``, offline, object_info read."""
+    """A server for running example workflows: hub and DiT SAEs pre-placed under ``base``, offline, object_info
+    read. Torch runs on one thread unless OMP_NUM_THREADS says otherwise: the tiny models gain nothing from more,
+    and on a busy machine (other test servers) competing threads make each step several times slower."""
     place_hub_saes(base / "models")
-    return ComfyServer(base, env={"HF_HUB_OFFLINE": "1"})
+    place_dit_saes(base / "models")
+    return ComfyServer(base, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
 def tiny_prompt(workflow_path: Path, object_info: dict) -> dict:
+    """The workflow as an API prompt on the tiny models: loaders swapped by family; for DiTs, block names mapped
+    to the tiny model's blocks and image sizes divided by TINY_SIZE_DIVISOR."""
     prompt = ui_to_api(json.loads(workflow_path.read_text()), object_info)
-    family = "sd15" if "sd15" in workflow_path.stem else "sdxl"
+    family = workflow_family(workflow_path)
     for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["class_type"], node["inputs"] = "SAELabTestTinyCheckpoint", {"family": family}
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind in LOADERS:
+            node["class_type"], node["inputs"] = LOADERS[kind], {"family": family}
+        if family not in DIT_FAMILIES:
+            continue
+        if kind.startswith("SAE"):
+            for name in ("blocks", "block"):
+                if isinstance(inputs.get(name), str) and inputs[name].strip():
+                    inputs[name] = tiny_blocks(inputs[name], family)
+        if kind in SIZED_NODES:
+            for name in ("width", "height"):
+                inputs[name] = tiny_side(inputs[name])
     return prompt
 
 
-def saved_images(server: ComfyServer, entry: dict) -> list[np.ndarray]:
+def saved_images(server: ComfyServer, entry: dict, node_id: str | None = None) -> list[np.ndarray]:
+    """The images a run saved to the output folder (only those of one node when node_id is given)."""
     images = []
-    for output in entry["outputs"].values():
+    for key, output in entry["outputs"].items():
+        if node_id is not None and key != node_id:
+            continue
         for item in output.get("images", []):
             if item.get("type") == "output":
                 path = server.base / "output" / item.get("subfolder", "") / item["filename"]

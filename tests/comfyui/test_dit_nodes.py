@@ -220,6 +220,7 @@ def test_record_top_features_heatmap_and_timeline(models):
     x, out, _ = calls[0]
     n = GRID[0] * GRID[1]
     update = image_tokens(out["img"], "single_block", None, n)[0] - image_tokens(x, "single_block", None, n)[0]
+    assert float(update.abs().max()) > 0
     code = sae.encode_topk(update.reshape(1, *GRID, -1))
     first = recording.calls[0]
     assert torch.allclose(first.values.float().reshape(1, *GRID, -1).sort(-1).values,
@@ -279,6 +280,7 @@ def test_collect_train_and_steer_on_flux(models, comfy_dirs):
     x, out, _ = probe.calls[0]
     n = GRID[0] * GRID[1]
     update = (image_tokens(out["img"], "single_block", None, n)[0] - image_tokens(x, "single_block", None, n)[0])[0]
+    assert float(update.abs().max()) > 0  # Flux blocks add to their input in place: the update is read before
     positions = shard["position"][:20].long()
     assert positions.unique().numel() == 20 and int(positions.max()) < n
     assert torch.allclose(shard["activations"][:20].float(), update[positions].to(torch.bfloat16).float())

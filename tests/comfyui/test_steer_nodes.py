@@ -217,7 +217,8 @@ def test_steer_errors(sdxl, kwargs, fragments):
 
 
 def test_steer_errors_for_models_and_saes_that_do_not_fit(sdxl):
-    with pytest.raises(ValueError, match="SAE Feature Steer: this TinySD15 model has no U-Net transformer blocks"):
+    with pytest.raises(ValueError, match="SAE Feature Steer: this TinySD15 model has no transformer blocks SAE Lab can "
+                                         "patch; SAE Lab works with SDXL .* Flux, SD3/3.5, Qwen-Image"):
         steer(build_unet("no_transformer"), make_sae(128, "unet.mid_block.attentions.0"))
     with pytest.raises(ValueError, match="no block of this TinySDXL model has 1280 channels"):
         steer(sdxl, make_sae(1280, "unet.down_blocks.2.attentions.1", n_latents=64))

@@ -1,8 +1,10 @@
 """Every example workflow, run through a live ComfyUI server's HTTP API (/prompt, then /history).
 
-The workflows name real checkpoints and hub SAEs; here CheckpointLoaderSimple is swapped for a
-test-only loader of tiny models, and the hub SAEs are pre-placed (tiny, in their published
-layout) where Load SAE downloads them, with the server offline.
+The workflows name real checkpoints and hub SAEs; here the model loaders (CheckpointLoaderSimple, and for
+Flux, SD3.5 and Qwen-Image UNETLoader, the CLIP loaders and VAELoader) are swapped for test-only loaders of tiny
+models; the DiT workflows' blocks are mapped to the tiny models' blocks at the same depth and their image sizes
+shrunk; the SAEs are pre-placed (tiny, in their published layout) where Load SAE downloads them or in
+models/sae, with the server offline.
 """
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ import numpy as np
 import pytest
 
 import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
-from server_harness import saved_images, tiny_prompt, workflow_server
+from server_harness import DIT_FAMILIES, DIT_SAES, saved_images, tiny_prompt, workflow_family, workflow_server
+
+from sae_core import load_sae
 
 WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
+DIT_WORKFLOWS = [p for p in WORKFLOWS if workflow_family(p) in DIT_FAMILIES]
+FLUX_BUILD = comfy_harness.REPO / "example_workflows" / "flux_schnell_build_and_steer_sae.json"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,60 @@ def test_steer_changes_the_image_and_idle_steer_does_not(server):
     painted, idle_img, plain = (saved_images(server, server.run(p))[0].astype(int) for p in (prompt, idle, bypassed))
     assert np.array_equal(idle_img, plain)
     assert not np.array_equal(painted, plain)
+
+
+def test_the_dit_workflows_cover_every_family_and_name_real_blocks_and_placed_saes():
+    assert sorted(workflow_family(p) for p in DIT_WORKFLOWS) == sorted(DIT_FAMILIES)
+    for path in DIT_WORKFLOWS:
+        for node in json.loads(path.read_text())["nodes"]:
+            if node["type"] == "SAELoader":
+                assert node["widgets_values"][0] in DIT_SAES, f"{path.name}: place its SAE (server_harness.DIT_SAES)"
+    flux = json.loads(FLUX_BUILD.read_text())
+    collect = next(n for n in flux["nodes"] if n["type"] == "SAECollectActivations")
+    assert collect["widgets_values"][1] == "single.9"  # a block of the real Flux.1 (single.0-37), not the tiny one
+
+
+def test_flux_workflow_writes_its_dataset_and_its_sae(server):
+    prompt = tiny_prompt(FLUX_BUILD, server.object_info)
+    collect = next(v["inputs"] for v in prompt.values() if v["class_type"] == "SAECollectActivations")
+    assert collect["blocks"] == "single.0" and collect["width"] == 256  # mapped to the tiny model
+    server.run(prompt)
+    dataset = server.base / "output" / "sae_datasets" / "flux_schnell_single9"
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["model"]["architecture"] == "flux" and manifest["settings"]["positions_per_image"] == 256
+    assert manifest["blocks"]["single.0"]["hookpoint"] == "transformer.single_transformer_blocks.0"
+    assert manifest["shards"] and all((dataset / f).is_file() for s in manifest["shards"] for f in s["files"].values())
+    sae = load_sae(server.base / "models" / "sae" / "flux" / "flux_schnell_single9.safetensors")
+    assert (sae.model_family, sae.hookpoint, sae.d_in, sae.n_latents) == (
+        "flux", "transformer.single_transformer_blocks.0", 64, 2048)
+
+
+def _downstream_of(prompt: dict, source: str, node_id: str) -> bool:
+    """Whether ``node_id`` takes its model from ``source`` (directly or through other model nodes)."""
+    while node_id is not None:
+        if node_id == source:
+            return True
+        link = prompt[node_id]["inputs"].get("model")
+        node_id = link[0] if isinstance(link, list) else None
+    return False
+
+
+@pytest.mark.parametrize("workflow", DIT_WORKFLOWS, ids=[p.stem for p in DIT_WORKFLOWS])
+def test_dit_steer_changes_the_image_against_strength_0(server, workflow):
+    """The image sampled with the steered model differs from the same graph with the steer's strength at 0."""
+    prompt = tiny_prompt(workflow, server.object_info)
+    steer_id = next(k for k, v in prompt.items() if v["class_type"] == "SAEFeatureSteer")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "KSampler"
+                   and _downstream_of(prompt, steer_id, k))
+    decode = next(k for k, v in prompt.items() if v["class_type"] == "VAEDecode"
+                  and v["inputs"]["samples"] == [sampler, 0])
+    save = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage"
+                and v["inputs"]["images"] == [decode, 0])
+    idle = copy.deepcopy(prompt)
+    idle[steer_id]["inputs"]["strength"] = 0.0
+    steered, plain = (saved_images(server, server.run(p), save) for p in (prompt, idle))
+    assert len(steered) == len(plain) == 1 and steered[0].std() > 0 and plain[0].std() > 0
+    assert not np.array_equal(steered[0], plain[0])
 
 
 def test_bad_inputs_are_reported_with_the_node_name(server):

@@ -14,7 +14,9 @@ import comfy.ldm.flux.model
 import comfy.ldm.modules.diffusionmodules.mmdit
 import comfy.ldm.qwen_image.model
 import comfy.model_patcher
+import comfy.sd
 import comfy.supported_models
+import comfy.taesd.taesd
 from tiny_models import CPU, _init_weights
 
 CONTEXT = 32   # text-embedding width of the tiny models
@@ -106,9 +108,10 @@ class DiTProbe:
         previous = dit.get((kind, index))
 
         def replacement(args, extra):
+            x = args["img"].detach().clone()  # before the block: Flux's blocks add to their input in place
             out = previous(args, extra) if previous is not None else extra["original_block"](args)
             options = args.get("transformer_options") or {}
-            self.calls.append((args["img"].detach().clone(), {k: v.detach().clone() for k, v in out.items()
+            self.calls.append((x, {k: v.detach().clone() for k, v in out.items()
                                                               if isinstance(v, torch.Tensor)},
                                list(options.get("cond_or_uncond", []))))
             return out
@@ -122,3 +125,24 @@ def sample(model, positive, negative, latent: torch.Tensor, steps: int = 2, cfg:
 
     return nodes.common_ksampler(model, seed, steps, cfg, "euler", "simple", positive, negative,
                                  {"samples": latent}, denoise=1.0)[0]["samples"]
+
+
+class TinyVideoLatentVAE(comfy.sd.VAE):
+    """ComfyUI's VAE around a 16-channel TAESD, for latents that may carry a frame axis: Qwen-Image samples
+    (B, 16, 1, H, W) latents (Wan 2.1's latent format) and its real VAE decodes them; here frames are folded
+    into the batch, as VAE Decode does with a video VAE's images."""
+
+    def decode(self, samples_in, *args, **kwargs):
+        if samples_in.ndim == 5:
+            b, c, t, h, w = samples_in.shape
+            samples_in = samples_in.movedim(2, 1).reshape(b * t, c, h, w)
+        return super().decode(samples_in, *args, **kwargs)
+
+
+def build_vae(family: str = "flux", seed: int = 0):
+    """A VAE for the family's 16-channel latents: ComfyUI's TAESD with random weights (detected from its state
+    dict, as tiny_models.build_vae does for 4 channels); Qwen-Image's also takes its 5-D latents."""
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=LATENT_CHANNELS)
+    _init_weights(taesd, seed)
+    cls = TinyVideoLatentVAE if family == "qwen_image" else comfy.sd.VAE
+    return cls(sd=taesd.state_dict())

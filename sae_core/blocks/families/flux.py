@@ -5,6 +5,7 @@ from ..dit import DOUBLE, SINGLE, BlockList, DiTFamily
 
 FAMILY = DiTFamily(
     name="flux",
+    title="Flux",
     class_names=("Flux",),
     blocks=(BlockList(DOUBLE, "double_blocks", "transformer_blocks"),
             BlockList(SINGLE, "single_blocks", "single_transformer_blocks")),

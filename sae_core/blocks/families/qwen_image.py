@@ -4,6 +4,7 @@ from ..dit import DOUBLE, BlockList, DiTFamily
 
 FAMILY = DiTFamily(
     name="qwen_image",
+    title="Qwen-Image",
     class_names=("QwenImageTransformer2DModel",),
     blocks=(BlockList(DOUBLE, "transformer_blocks", "transformer_blocks"),),
     width=lambda model: model.img_in.out_features,

@@ -4,6 +4,7 @@ from ..dit import DOUBLE, BlockList, DiTFamily
 
 FAMILY = DiTFamily(
     name="sd3",
+    title="SD3/3.5",
     class_names=("MMDiT",),
     blocks=(BlockList(DOUBLE, "joint_blocks", "transformer_blocks"),),
     width=lambda model: model.hidden_size,

@@ -1,10 +1,39 @@
-"""Test-only ComfyUI nodes: a loader of tiny models, standing in for real checkpoints that cannot be
-downloaded in tests. Example workflows are run with CheckpointLoaderSimple swapped for this node."""
+"""Test-only ComfyUI nodes: loaders of tiny models, standing in for real checkpoints that cannot be downloaded in
+tests. Example workflows are run with their loaders swapped for these nodes (server_harness.tiny_prompt):
+CheckpointLoaderSimple -> SAELabTestTinyCheckpoint, UNETLoader -> SAELabTestTinyDiffusionModel,
+DualCLIPLoader / TripleCLIPLoader / CLIPLoader -> SAELabTestTinyTextEncoder, VAELoader -> SAELabTestTinyVAE."""
 import os
 import sys
 
 sys.path.insert(0, os.environ["SAE_LAB_TEST_HELPERS"])
+import tiny_dit  # noqa: E402
 import tiny_models  # noqa: E402
+
+UNET_FAMILIES = ["sdxl", "sd15"]
+DIT_FAMILIES = ["flux", "sd3", "qwen_image"]
+FAMILIES = UNET_FAMILIES + DIT_FAMILIES
+
+
+def _family_input():
+    return {"required": {"family": (FAMILIES,)}}
+
+
+def tiny_model(family):
+    if family in UNET_FAMILIES:
+        return tiny_models.build_unet(family)
+    return tiny_dit.build_dit(family)
+
+
+def tiny_text_encoder(family):
+    if family in UNET_FAMILIES:
+        return tiny_models.TinyTextEncoder()
+    return tiny_models.TinyTextEncoder(context_dim=tiny_dit.CONTEXT, pooled_dim=tiny_dit.POOLED)
+
+
+def tiny_vae(family):
+    if family in UNET_FAMILIES:
+        return tiny_models.build_vae()
+    return tiny_dit.build_vae(family)
 
 
 class SAELabTestTinyCheckpoint:
@@ -14,10 +43,53 @@ class SAELabTestTinyCheckpoint:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"family": (["sdxl", "sd15"],)}}
+        return _family_input()
 
     def load(self, family):
-        return (tiny_models.build_unet(family), tiny_models.TinyTextEncoder(), tiny_models.build_vae())
+        return (tiny_model(family), tiny_text_encoder(family), tiny_vae(family))
 
 
-NODE_CLASS_MAPPINGS = {"SAELabTestTinyCheckpoint": SAELabTestTinyCheckpoint}
+class SAELabTestTinyDiffusionModel:
+    """UNETLoader's stand-in."""
+    CATEGORY = "SAE Lab/testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _family_input()
+
+    def load(self, family):
+        return (tiny_model(family),)
+
+
+class SAELabTestTinyTextEncoder:
+    """DualCLIPLoader's, TripleCLIPLoader's and CLIPLoader's stand-in."""
+    CATEGORY = "SAE Lab/testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _family_input()
+
+    def load(self, family):
+        return (tiny_text_encoder(family),)
+
+
+class SAELabTestTinyVAE:
+    """VAELoader's stand-in."""
+    CATEGORY = "SAE Lab/testing"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _family_input()
+
+    def load(self, family):
+        return (tiny_vae(family),)
+
+
+NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (SAELabTestTinyCheckpoint, SAELabTestTinyDiffusionModel,
+                                                     SAELabTestTinyTextEncoder, SAELabTestTinyVAE)}
