@@ -45,41 +45,49 @@ def setup_comfy():
     return pack
 
 
-def _random_unet(family: str, seed: int):
+def random_unet(family: str, seed: int = 0, unet_config: dict | None = None, device: str = "cpu",
+                dtype: torch.dtype = torch.float32):
+    """A U-Net of ``family`` (``unet_config``: the full-size one by default) with random weights made on
+    ``device`` in ``dtype``, in a ModelPatcher that loads it there."""
     import comfy.model_patcher
     import comfy.supported_models
 
-    config_cls, unet_config = {"sdxl": (comfy.supported_models.SDXL, SDXL_UNET),
-                               "sd15": (comfy.supported_models.SD15, SD15_UNET)}[family]
-    model = config_cls(dict(unet_config)).get_model({}, device=torch.device("cpu"))
-    g = torch.Generator().manual_seed(seed)
+    config_cls, full = {"sdxl": (comfy.supported_models.SDXL, SDXL_UNET),
+                        "sd15": (comfy.supported_models.SD15, SD15_UNET)}[family]
+    device = torch.device(device)
+    model = config_cls({**(unet_config or full), "dtype": dtype}).get_model({}, device=device)
+    model.diffusion_model.to(device, dtype)
+    g = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.diffusion_model.named_parameters():
             if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=g) / param[0].numel() ** 0.5)
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=g)
             else:
                 param.fill_(1.0 if name.endswith("weight") else 0.0)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device,
+                                            offload_device=device if device.type == "cpu" else torch.device("cpu"))
 
 
 def full_sdxl(seed: int = 0):
     """The full-size SDXL U-Net (2.6 B parameters, ~10 GiB fp32) with random weights, in a ModelPatcher."""
-    return _random_unet("sdxl", seed)
+    return random_unet("sdxl", seed)
 
 
 def full_sd15(seed: int = 0):
     """The full-size SD1.5 U-Net (0.86 B parameters) with random weights, in a ModelPatcher."""
-    return _random_unet("sd15", seed)
+    return random_unet("sd15", seed)
 
 
-def step_timer(family: str, cfg: float, size: int = 512, seed: int = 0) -> Callable[[object], float]:
-    """A function timing one euler step of a model at ``size`` px, as ComfyUI runs it (inference mode)."""
+def step_timer(family: str, cfg: float, size: int = 512, seed: int = 0, context: int | None = None,
+               device: str = "cpu") -> Callable[[object], float]:
+    """A function timing one euler step of a model at ``size`` px, as ComfyUI runs it (inference mode);
+    ``context``: the text width, when not the family's."""
     import nodes
 
     g = torch.Generator().manual_seed(seed)
-    context, extra = (2048, lambda: {"pooled_output": torch.randn(1, 1280, generator=g)}) if family == "sdxl" \
+    width, extra = (2048, lambda: {"pooled_output": torch.randn(1, 1280, generator=g)}) if family == "sdxl" \
         else (768, dict)
+    context = context or width
     positive = [[torch.randn(1, 77, context, generator=g), extra()]]
     negative = [[torch.zeros(1, 77, context), extra()]]
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
@@ -88,6 +96,8 @@ def step_timer(family: str, cfg: float, size: int = 512, seed: int = 0) -> Calla
         start = time.perf_counter()
         with torch.inference_mode():
             nodes.common_ksampler(model, 0, 1, cfg, "euler", "normal", positive, negative, latent)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
     return step

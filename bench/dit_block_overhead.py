@@ -77,8 +77,9 @@ def _setup(device: str):
     return pack
 
 
-def flux_model(device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """A ModelPatcher around a Flux.1-dev-shaped model with one double and one single block, random weights."""
+def flux_model(device: torch.device, dtype: torch.dtype, seed: int = 0, hidden: int = HIDDEN, heads: int = HEADS):
+    """A ModelPatcher around a Flux.1-dev-shaped model with one double and one single block, random weights
+    (``hidden``/``heads``: a narrower model of the same layout, for quick checks; head width stays 128)."""
     import dataclasses
 
     import comfy.ldm.flux.model
@@ -86,7 +87,8 @@ def flux_model(device: torch.device, dtype: torch.dtype, seed: int = 0):
     import comfy.supported_models
 
     known = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
-    config = {k: v for k, v in FLUX_DEV.items() if k in known}  # 0.3.64 has no txt_ids_dims
+    config = {k: v for k, v in {**FLUX_DEV, "hidden_size": hidden, "num_heads": heads}.items()
+              if k in known}  # 0.3.64 has no txt_ids_dims
     model = comfy.supported_models.Flux(config).get_model({}, device=torch.device("cpu"))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -103,15 +105,16 @@ def inputs(diffusion_model, grid: tuple[int, int], text: int, device, dtype, see
     """img, txt, vec and pe of one Flux call (pe from the model's own RoPE embedder, ids as process_img makes)."""
     g = torch.Generator().manual_seed(seed)
     h, w = grid
+    width = diffusion_model.hidden_size
     img_ids = torch.zeros(h, w, 3)
     img_ids[..., 1] = torch.arange(h, dtype=torch.float32)[:, None]
     img_ids[..., 2] = torch.arange(w, dtype=torch.float32)[None, :]
     ids = torch.cat([torch.zeros(1, text, 3), img_ids.reshape(1, h * w, 3)], dim=1).to(device)
     with torch.inference_mode():
         pe = diffusion_model.pe_embedder(ids)
-    return {"img": torch.randn(1, h * w, HIDDEN, generator=g).to(device, dtype),
-            "txt": torch.randn(1, text, HIDDEN, generator=g).to(device, dtype),
-            "vec": torch.randn(1, HIDDEN, generator=g).to(device, dtype), "pe": pe}
+    return {"img": torch.randn(1, h * w, width, generator=g).to(device, dtype),
+            "txt": torch.randn(1, text, width, generator=g).to(device, dtype),
+            "vec": torch.randn(1, width, generator=g).to(device, dtype), "pe": pe}
 
 
 def call_context_options(patched, grid: tuple[int, int], device, *, img_slice: list[int] | None) -> dict:

@@ -48,7 +48,7 @@ def config_for(args, steps: int) -> TrainConfig:
     return TrainConfig(n_latents=args.latents, k=args.k, batch_size=args.batch, steps=steps, lr=args.lr,
                        adam_eps=args.eps, warmup=warm, decay=1.0 - warm, grad_clip=0.0, auxk=args.d_in // 2,
                        auxk_coef=args.auxk_coef, dead_tokens=args.dead_tokens, b_dec_init="mean",
-                       seed=args.seed)
+                       seed=args.seed, amp=getattr(args, "amp", "fp32"))
 
 
 # Each trainer is (step(x, i), reconstruct(h), decoder rows); the steps of all trainers are interleaved so
@@ -57,8 +57,8 @@ def config_for(args, steps: int) -> TrainConfig:
 # ---------------------------------------------------------------- ours
 def make_ours(args, steps):
     cfg = config_for(args, steps)
-    sae = new_sae(args.d_in, cfg)
-    trainer = SAETrainer(sae, cfg, steps)
+    sae = new_sae(args.d_in, cfg).to(args.device)
+    trainer = SAETrainer(sae, cfg, steps, device=args.device)
 
     def step(x, i):
         if i == 0:
@@ -74,10 +74,10 @@ def make_sparsify(args, steps):
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(args.seed)
-    sae = SparseCoder(args.d_in, SparseCoderConfig(num_latents=args.latents, k=args.k))
+    sae = SparseCoder(args.d_in, SparseCoderConfig(num_latents=args.latents, k=args.k), device=args.device)
     adam = torch.optim.Adam(sae.parameters(), lr=args.lr, eps=args.eps)
     schedule = get_linear_schedule_with_warmup(adam, args.warmup, steps)
-    since_fired = torch.zeros(args.latents, dtype=torch.long)
+    since_fired = torch.zeros(args.latents, dtype=torch.long, device=args.device)
 
     def step(x, i):  # what sparsify's Trainer does per batch for one SAE (fvu loss, no grad accumulation)
         if i == 0:
@@ -90,7 +90,7 @@ def make_sparsify(args, steps):
         adam.zero_grad()
         schedule.step()
         with torch.no_grad():
-            fired = torch.zeros(args.latents, dtype=torch.bool)
+            fired = torch.zeros(args.latents, dtype=torch.bool, device=args.device)
             fired[out.latent_indices.flatten()] = True
             since_fired.add_(x.shape[0])
             since_fired[fired] = 0
@@ -105,12 +105,12 @@ def make_sparsify(args, steps):
 # ---------------------------------------------------------------- naive dense autograd
 def make_naive(args, steps):
     cfg = config_for(args, steps)
-    sae = new_sae(args.d_in, cfg)
+    sae = new_sae(args.d_in, cfg).to(args.device)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     for p in params:
         p.requires_grad_(True)
     adam = torch.optim.Adam(params, lr=args.lr, eps=args.eps)
-    since_fired = torch.zeros(args.latents, dtype=torch.long)
+    since_fired = torch.zeros(args.latents, dtype=torch.long, device=args.device)
 
     def step(x, i):
         if i == 0:
@@ -136,7 +136,7 @@ def make_naive(args, steps):
             adam.step()
             adam.zero_grad()
             w.div_(w.norm(dim=1, keepdim=True))
-            fired = torch.zeros(args.latents, dtype=torch.bool)
+            fired = torch.zeros(args.latents, dtype=torch.bool, device=args.device)
             fired[idx[vals > 0]] = True
             since_fired.add_(x.shape[0])
             since_fired[fired] = 0
@@ -151,7 +151,7 @@ def run_seed(args, steps: int, features: int) -> dict[str, Result]:
     """Train every available trainer on one seed's data, steps interleaved; print and return its results."""
     planted = planted_dictionary(min(args.tokens, 1 << 20) + 16384, args.d_in, features, args.active, noise=0.02,
                                  seed=args.seed + 1000)  # not the SAE's initialisation seed
-    train, held_out = planted.x[:-16384], planted.x[-16384:]
+    train, held_out = planted.x[:-16384].to(args.device), planted.x[-16384:].to(args.device)
     makers = {"ours": make_ours, "sparsify": make_sparsify, "naive (dense autograd)": make_naive}
     trainers = {}
     for name, make in makers.items():
@@ -166,6 +166,8 @@ def run_seed(args, steps: int, features: int) -> dict[str, Result]:
         for name, (step, _, _) in trainers.items():
             start = time.perf_counter()
             step(x, i)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize(args.device)
             seconds[name] += time.perf_counter() - start
 
     results = {}
@@ -173,7 +175,7 @@ def run_seed(args, steps: int, features: int) -> dict[str, Result]:
     for name, (_, reconstruct, decoder) in trainers.items():
         with torch.no_grad():
             results[name] = (steps * args.batch / seconds[name], fvu(held_out, reconstruct(held_out)),
-                             recovery(decoder(), planted.directions))
+                             recovery(decoder().cpu(), planted.directions))
         tps, f, rec = results[name]
         print(f"  {name:24s} {tps:12,.0f} tokens/s   held-out FVU {f:.4f}   recovery {rec:.3f}   "
               f"({seconds[name]:.1f} s)")
@@ -198,6 +200,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--seeds", type=int, default=3, help="how many consecutive seeds to run and average")
     p.add_argument("--skip", nargs="*", default=[], choices=["sparsify", "naive"])
+    p.add_argument("--device", default="cpu", help="cpu or cuda (data, SAEs and optimisers all there)")
+    p.add_argument("--amp", default="fp32", choices=("bf16", "fp16", "fp32"),
+                   help="our trainer's autocast on CUDA (bf16 is its default; fp32 here, as sparsify runs)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -14,6 +14,7 @@ import logging
 
 import comfy.patcher_extension
 import comfy.utils
+import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..sae_core.blocks.context import CallContext, StepWindow
@@ -28,6 +29,7 @@ from .base import node_error
 
 log = logging.getLogger("sae_lab")
 CALL_KEY = "sae_lab_call"  # where the model-call wrapper leaves the CallContext in transformer_options
+PATCHES_KEY = "sae_lab_patches"  # the SAE Lab patches of a model, prepared before each model call
 SUPPORTED = "SDXL (Turbo, base) and SD1.5-family U-Nets and " + ", ".join(f.title for f in FAMILIES)
 
 
@@ -101,10 +103,17 @@ def transformer_options_of(args: tuple, kwargs: dict) -> dict:
 
 
 def _model_call(executor, *args, **kwargs):
-    """APPLY_MODEL wrapper: the facts of this model call, computed once for all its patched blocks."""
+    """APPLY_MODEL wrapper: the facts of this model call, computed once for all its patched blocks, and each patch
+    prepared (caches and casts built on the host), outside any region torch.compile traces."""
     options = transformer_options_of(args, kwargs)
     latent = args[0] if args else kwargs.get("x")
-    options[CALL_KEY] = CallContext.from_transformer_options(options, latent, kwargs.get("ref_latents"))
+    ctx = CallContext.from_transformer_options(options, latent, kwargs.get("ref_latents"))
+    options[CALL_KEY] = ctx
+    if isinstance(latent, torch.Tensor):
+        for patch in options.get(PATCHES_KEY, ()):
+            prepare = getattr(patch, "prepare", None)
+            if prepare is not None:
+                prepare(ctx, latent.device)
     return executor(*args, **kwargs)
 
 
@@ -119,10 +128,21 @@ def _with_call_context(patched) -> None:
         patched.add_wrapper_with_key(apply_model, CALL_KEY, _model_call)
 
 
+class SharedPatches(list):
+    """The SAE Lab patches of a model, in its transformer_options. ``ModelPatcher.clone`` deep-copies model_options
+    on some ComfyUI versions (0.3.x): a copy of a patch would be prepared while its block runs the original, and
+    would copy its SAE's weights. A copy of this list holds the same patches."""
+
+    def __deepcopy__(self, memo):
+        return SharedPatches(self)
+
+
 def install_block_patch(model, block: Block, patch: BlockPatch, label: str):
     """A clone of ``model`` whose ``block`` runs ``patch`` after every call (errors are named by ``label``)."""
     patched = model.clone()
     _with_call_context(patched)
+    options = patched.model_options.setdefault("transformer_options", {})
+    options[PATCHES_KEY] = SharedPatches([*options.get(PATCHES_KEY, []), patch])
     if block.kind == SPATIAL_TRANSFORMER:
         _patch_spatial_transformer(patched, block, patch, label)
     else:

@@ -2,11 +2,36 @@
 and the schedule (so edits run inside a window of the schedule and recordings know their step)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from .passes import POSITIVE
+
+
+def nearest(values, target: float) -> int:
+    """Index of the entry of ``values`` nearest to ``target`` (the first on ties); a plain loop, which
+    torch.compile traces without a graph break (``min(key=...)`` it cannot)."""
+    best, best_distance = 0, float("inf")
+    for i, value in enumerate(values):
+        distance = abs(value - target)
+        if distance < best_distance:
+            best, best_distance = i, distance
+    return best
+
+
+def _read_sigmas(sigma: torch.Tensor | None, schedule) -> tuple[float | None, tuple[float, ...] | None]:
+    """The current sigma and the schedule as host numbers, in one read from the device when both live there (each
+    read of a device tensor is a host sync, and this runs once per model call)."""
+    if not isinstance(schedule, torch.Tensor):
+        return (float(sigma) if sigma is not None else None), None
+    if sigma is None:
+        return None, tuple(schedule.tolist())
+    if sigma.device != schedule.device:
+        return float(sigma), tuple(schedule.tolist())
+    values = torch.cat([sigma.reshape(1).double(), schedule.reshape(-1).double()]).tolist()
+    return values[0], tuple(values[1:])
 
 
 @dataclass(frozen=True)
@@ -20,6 +45,7 @@ class CallContext:
     sample_sigmas: tuple[float, ...] | None = None  # the whole schedule, ending with the final sigma (often 0)
     latent_shape: tuple[int, ...] | None = None
     ref_shapes: tuple[tuple[int, ...], ...] = ()
+    sigma_tensor: torch.Tensor | None = field(default=None, compare=False)  # the sigma on the device, unread
 
     @classmethod
     def from_transformer_options(cls, options: dict, latent: torch.Tensor | None = None,
@@ -28,12 +54,11 @@ class CallContext:
         has them, the latent and reference latents of the model call."""
         kinds = tuple(int(k) for k in (options.get("cond_or_uncond") or (POSITIVE,)))
         sigmas = options.get("sigmas")
-        sigma = float(sigmas.max()) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
-        schedule = options.get("sample_sigmas")
-        schedule = tuple(schedule.tolist()) if isinstance(schedule, torch.Tensor) else None
+        sigma_tensor = sigmas.max() if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        sigma, schedule = _read_sigmas(sigma_tensor, options.get("sample_sigmas"))
         shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
         refs = tuple(tuple(r.shape) for r in (ref_latents or ()) if isinstance(r, torch.Tensor))
-        return cls(kinds, sigma, schedule, shape, refs)
+        return cls(kinds, sigma, schedule, shape, refs, sigma_tensor)
 
     def ref_tokens(self, patch: int) -> int:
         """Tokens the reference latents add after the generated image (patches of ``patch`` x ``patch``)."""
@@ -43,13 +68,14 @@ class CallContext:
     def n_steps(self) -> int | None:
         return len(self.sample_sigmas) - 1 if self.sample_sigmas else None
 
-    @property
+    @cached_property
     def step(self) -> int | None:
-        """Index of the schedule entry nearest to the current sigma (the step being denoised)."""
+        """Index of the schedule entry nearest to the current sigma (the step being denoised); computed once per
+        model call, for all its patched blocks."""
         if self.sigma is None or not self.sample_sigmas:
             return None
         steps = self.sample_sigmas[:-1] or self.sample_sigmas
-        return min(range(len(steps)), key=lambda i: abs(steps[i] - self.sigma))
+        return nearest(steps, self.sigma)
 
 
 @dataclass(frozen=True)

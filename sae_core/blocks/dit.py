@@ -18,6 +18,7 @@ from torch import Tensor
 from ..errors import SAEInputError
 from .context import CallContext
 from .layout import Block, BlockLayout
+from .patch import for_sae
 
 DOUBLE, SINGLE = "double_block", "single_block"  # ComfyUI's replacement keys
 
@@ -53,16 +54,16 @@ class TokenBlockView:
         return self.start + self.grid[0] * self.grid[1]
 
     def sae_input(self, input_kind: str | None) -> Tensor:
-        u = self.y_out[:, self.start:self.stop]
+        u = for_sae(self.y_out[:, self.start:self.stop])
         if input_kind == "diff":
             if self.x_image is None:
                 raise SAEInputError("this block's input was not kept, so its update cannot be read")
-            u = u - self.x_image
+            u = u - for_sae(self.x_image)
         return u.reshape(u.shape[0], *self.grid, u.shape[-1])
 
     def with_delta(self, delta: Tensor) -> Tensor:
         y = self.y_out
-        edited = y[:, self.start:self.stop] + delta.reshape(delta.shape[0], -1, delta.shape[-1])
+        edited = y[:, self.start:self.stop] + delta.reshape(delta.shape[0], -1, delta.shape[-1]).to(y.dtype)
         return torch.cat([y[:, :self.start], edited, y[:, self.stop:]], dim=1)
 
 

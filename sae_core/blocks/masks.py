@@ -45,19 +45,24 @@ def pool_mask(mask: Tensor | None, n_rows: int, grid: tuple[int, int], chunks: i
 
 
 class EditWeights:
-    """Per-call row x position weights (pass sign x pooled mask), cached by grid, batch and passes."""
+    """Per-call row x position weights (pass sign x pooled mask), cached by grid, batch and passes, with whether any
+    is non-zero (decided on the host when the weights are first built, so the steady state reads nothing back from
+    the device)."""
 
     def __init__(self, mask: Tensor | None, passes: str):
         self.mask = None if mask is None else check_mask(mask.detach()).float().cpu()
         self.passes = passes
-        self._cache: dict[tuple, Tensor] = {}
+        self._cache: dict[tuple, tuple[Tensor, bool]] = {}
 
-    def weights(self, ctx: CallContext, n_rows: int, grid: tuple[int, int], like: Tensor) -> Tensor:
+    def weights(self, ctx: CallContext, n_rows: int, grid: tuple[int, int], like: Tensor) -> tuple[Tensor, bool]:
         key = (ctx.chunk_kinds, n_rows, grid, like.device, like.dtype)
         hit = self._cache.get(key)
         if hit is None:
             signs = row_signs(ctx.chunk_kinds, n_rows, self.passes)
             pooled = pool_mask(self.mask, n_rows, grid, len(ctx.chunk_kinds or (0,)))
-            hit = (pooled * signs[:, None, None]).to(like.device, like.dtype)
+            host = pooled * signs[:, None, None]
+            # under torch.compile a value read would break the graph: edit, with zero weights where none apply
+            active = True if torch.compiler.is_compiling() else bool(host.any())
+            hit = (host.to(like.device, like.dtype), active)
             self._cache[key] = hit
         return hit

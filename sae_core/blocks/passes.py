@@ -29,16 +29,21 @@ UNLEARN_PASSES = ("both", "positive", "negative")  # the paper edits both halves
 STORE_PASSES = ("positive", "both")  # what collection stores (SAeUron: the conditional pass only)
 
 
-def row_kinds(chunk_kinds: tuple[int, ...], n_rows: int) -> Tensor:
-    """The pass of every batch row (long), from the pass of every chunk."""
+def row_kind_list(chunk_kinds: tuple[int, ...], n_rows: int) -> list[int]:
+    """The pass of every batch row, from the pass of every chunk (host facts: no tensor is read)."""
     kinds = chunk_kinds or (POSITIVE,)
     if n_rows % len(kinds):
         raise SAEInputError(f"batch of {n_rows} rows cannot be split into {len(kinds)} passes {list(kinds)}")
-    return torch.tensor(kinds, dtype=torch.long).repeat_interleave(n_rows // len(kinds))
+    per_chunk = n_rows // len(kinds)
+    return [int(kind) for kind in kinds for _ in range(per_chunk)]
+
+
+def row_kinds(chunk_kinds: tuple[int, ...], n_rows: int) -> Tensor:
+    """The pass of every batch row (long)."""
+    return torch.tensor(row_kind_list(chunk_kinds, n_rows), dtype=torch.long)
 
 
 def row_signs(chunk_kinds: tuple[int, ...], n_rows: int, passes: str) -> Tensor:
     """+1 / -1 / 0 per batch row: which rows an edit touches, and with which sign."""
     table = SELECTIONS[check_choice("passes", passes, SELECTIONS)]
-    kinds = row_kinds(chunk_kinds, n_rows)
-    return torch.tensor([table.get(int(k), 0.0) for k in kinds.tolist()])
+    return torch.tensor([table.get(kind, 0.0) for kind in row_kind_list(chunk_kinds, n_rows)])

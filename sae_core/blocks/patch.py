@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
 from .context import CallContext
@@ -38,6 +39,16 @@ class BlockPatch(Protocol):
 
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
         """The change of the SAE input (N, h, w, C), or None when the output stays exactly as it is."""
+
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def for_sae(t: Tensor) -> Tensor:
+    """What SAE math runs on: fp32 for fp16/bf16 blocks. Top-k selection and unlearning thresholds compare
+    pre-activations that half precision rounds to 8 (bf16) or 11 (fp16) bits, which picks other features near a
+    tie; fp32 models keep their own tensors. The change an edit makes is cast back to the block's dtype."""
+    return t.float() if t.dtype in HALF else t
 
 
 def apply(patch: BlockPatch, view: BlockView, ctx: CallContext, output: Any) -> Any:

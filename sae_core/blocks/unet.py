@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from einops import rearrange
 from torch import Tensor
 
+from .patch import for_sae
+
 
 def to_tokens(t: Tensor) -> Tensor:
     """(N, C, h, w) block activations -> (N, h, w, C) vectors for the SAE."""
@@ -33,10 +35,11 @@ class UNetBlockView:
         return tuple(self.y_out.shape[-2:])
 
     def sae_input(self, input_kind: str | None) -> Tensor:
-        return to_tokens(self.y_out - self.x_in if input_kind == "diff" else self.y_out)
+        y = for_sae(self.y_out)
+        return to_tokens(y - for_sae(self.x_in) if input_kind == "diff" else y)
 
     def with_delta(self, delta: Tensor) -> Tensor:
-        return self.y_out + from_tokens(delta)
+        return self.y_out + from_tokens(delta).to(self.y_out.dtype)
 
 
 def patched_output(patch, x_in: Tensor, y_out: Tensor, ctx) -> Tensor:

@@ -47,10 +47,8 @@ class FeatureSteering:
         self._directions = sae.W_dec.detach()[self.features].float().cpu()  # (F, C)
         self._cast: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    @property
-    def idle(self) -> bool:
-        """True when the edit cannot change anything (strength 0 in add/scale mode)."""
-        return self.mode in ("add", "scale") and bool((self.amounts == 0).all())
+        # True when the edit cannot change anything (strength 0 in add/scale mode): decided once, on the host
+        self.idle = self.mode in ("add", "scale") and bool((self.amounts == 0).all())
 
     def _tensors(self, like: Tensor) -> tuple[Tensor, Tensor]:
         key = (like.device, like.dtype)
@@ -90,11 +88,16 @@ class SteerPatch:
         self.weights = EditWeights(mask, passes)
         self.input_kind = steering.sae.input_kind
 
+    def prepare(self, ctx: CallContext, device: torch.device) -> None:
+        """Before each model call, outside any compiled region: the casts this edit uses on ``device``."""
+        self.steering.sae.warm(device)
+        self.steering._tensors(torch.empty(0, device=device))
+
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
         if self.steering.idle or not self.window.contains(ctx.sigma):
             return None
         u = view.sae_input(self.steering.sae.input_kind)
-        weight = self.weights.weights(ctx, view.n_rows, view.grid, u)
-        if not bool(weight.any()):
+        weight, any_weight = self.weights.weights(ctx, view.n_rows, view.grid, u)
+        if not any_weight:
             return None
         return self.steering.delta(u, weight)

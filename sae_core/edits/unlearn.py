@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..blocks.context import ALWAYS, CallContext, StepWindow
+from ..blocks import host
+from ..blocks.context import ALWAYS, CallContext, StepWindow, nearest
 from ..blocks.passes import UNLEARN_PASSES, row_signs
 from ..blocks.patch import BlockView
 from ..errors import SAEInputError
@@ -121,7 +122,7 @@ def match_step(profile_sigmas: Sequence[float], sigma: float | None, step: int |
         raise SAEInputError("the concept profile has no steps")
     if sigma is not None and math.isfinite(sigma):
         target = math.log(max(sigma, 1e-12))
-        return min(range(n), key=lambda j: abs(math.log(max(profile_sigmas[j], 1e-12)) - target))
+        return nearest([math.log(max(s, 1e-12)) for s in profile_sigmas], target)
     if step is not None and n_steps:
         return min(n - 1, int(round(step / n_steps * n)))
     return 0
@@ -162,6 +163,73 @@ class _Table:
         return self._cast[key]
 
 
+class _StepStack:
+    """Every profile step of every concept in padded tensors, for the accelerator path: the step is chosen on the
+    device (nearest profile sigma in log-sigma to the call's sigma tensor), so a call reads nothing back to the host,
+    and under torch.compile one graph serves every step.
+
+    Concept c's steps have ``E_c`` entries each (padded with entries that never fire: threshold +inf); ``features``
+    index into ``union``, the features any step of any concept selects, whose activations one encode gives.
+    """
+
+    def __init__(self, sae: SparseAutoencoder, selections: list[ConceptSelection]):
+        feats = [st.features.long() for sel in selections for st in sel.steps]
+        self.union = torch.unique(torch.cat(feats)) if feats else torch.zeros(0, dtype=torch.long)
+        self.empty = self.union.numel() == 0
+        position = {int(f): i for i, f in enumerate(self.union.tolist())}
+        self.log_sigmas, self.features, self.ids, self.thresholds, self.scales = [], [], [], [], []
+        pad_id = -1
+        for sel in selections:
+            width = max(1, max((st.features.numel() for st in sel.steps), default=0))
+            steps = len(sel.steps)
+            f = torch.zeros(steps, width, dtype=torch.long)
+            ids = torch.empty(steps, width, dtype=torch.long)
+            thr = torch.full((steps, width), float("inf"))
+            scale = torch.ones(steps, width)
+            for j, st in enumerate(sel.steps):
+                n = st.features.numel()
+                f[j, :n] = torch.tensor([position[int(x)] for x in st.features.tolist()], dtype=torch.long)
+                ids[j, :n] = st.features
+                thr[j, :n], scale[j, :n] = st.thresholds.float(), st.scales.float()
+                for k in range(n, width):  # padding: distinct ids, so no real entry is blocked by it
+                    ids[j, k], pad_id = pad_id, pad_id - 1
+            self.log_sigmas.append(torch.tensor([math.log(max(x, 1e-12)) for x in sel.profile.sigmas]))
+            self.features.append(f)
+            self.ids.append(ids)
+            self.thresholds.append(thr)
+            self.scales.append(scale)
+        total = sum(f.shape[1] for f in self.features)
+        self.earlier = torch.ones(total, total, dtype=torch.bool).tril(-1)
+        self.directions = sae.W_dec.detach().float().cpu()[self.union]
+        self.first_sigma = float(selections[0].profile.sigmas[0]) if selections[0].profile.sigmas else 1.0
+        self._cast: dict[torch.device, tuple] = {}
+
+    def tensors(self, device: torch.device) -> tuple:
+        if device not in self._cast:
+            def move(ts):
+                return [t.to(device) for t in ts]
+
+            self._cast[device] = (move(self.log_sigmas), move(self.features), move(self.ids), move(self.thresholds),
+                                  move(self.scales), self.earlier.to(device), self.union.to(device),
+                                  self.directions.to(device))
+        return self._cast[device]
+
+    def entries(self, sigma: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(union, union index, threshold, scale, blockers, direction) of this call's entries, chosen on the
+        device."""
+        log_sigmas, features, ids, thresholds, scales, earlier, union, directions = self.tensors(device)
+        target = sigma.to(device=device, dtype=torch.float32).clamp_min(1e-12).log()
+        # one profile step per concept, kept on the device (indexing with it as a Python number would read it back)
+        picks = [(ls - target).abs().argmin().reshape(1) for ls in log_sigmas]
+
+        def rows(tables: list[Tensor]) -> Tensor:
+            return torch.cat([table.index_select(0, j)[0] for table, j in zip(tables, picks)])
+
+        f, i, thr, scale = rows(features), rows(ids), rows(thresholds), rows(scales)
+        blockers = ((i[:, None] == i[None, :]) & earlier).float()
+        return union, f, thr, scale, blockers, directions[f]
+
+
 def edit_coefficients(z: Tensor, thr: Tensor, scales: Tensor, blockers: Tensor | None = None) -> Tensor:
     """``z'_f - z_f`` per entry, (..., E), for the activations z (..., E) of the entries' features.
 
@@ -191,8 +259,17 @@ class UnlearnPatch:
         self.window = window
         self.passes = passes
         self._tables: dict[tuple[int, ...], _Table] = {}
-        self.edited_positions = 0  # running count, for tests and diagnostics
-        self.encoded_positions = 0  # positions that needed the full SAE encode
+        self._row_cache: dict[tuple, tuple[Tensor, bool]] = {}
+        self._steps: _StepStack | None = None  # every step's entries, for the accelerator path
+        self._edited_host, self._edited_device = 0, None  # running count of edited positions, for diagnostics
+        self.encoded_positions = 0  # positions that needed the full SAE encode (CPU path)
+
+    def prepare(self, ctx: CallContext, device: torch.device) -> None:
+        """Before each model call, outside any compiled region: the tables and their casts, built on the host."""
+        self.sae.warm(device)
+        self._stack().tensors(device)  # the accelerator (and compiled) path
+        if device.type == "cpu" and self.window.contains(ctx.sigma):
+            self.table(ctx).tensors(torch.empty(0, device=device))
 
     def steps_for(self, ctx: CallContext) -> tuple[int, ...]:
         return tuple(match_step(s.profile.sigmas, ctx.sigma, ctx.step, ctx.n_steps) for s in self.selections)
@@ -204,20 +281,66 @@ class UnlearnPatch:
             self._tables[key] = _Table(self.sae, entries)
         return self._tables[key]
 
+    def _rows(self, ctx: CallContext, n_rows: int, device: torch.device) -> tuple[Tensor, bool]:
+        """(N,) bool of the rows of the chosen passes, on the device, and whether there is any: host facts, cached."""
+        key = (ctx.chunk_kinds, n_rows, device)
+        hit = self._row_cache.get(key)
+        if hit is None:
+            on_host = row_signs(ctx.chunk_kinds, n_rows, self.passes) != 0
+            active = True if torch.compiler.is_compiling() else bool(on_host.any())  # no value read in a graph
+            hit = (on_host.to(device), active)
+            self._row_cache[key] = hit
+        return hit
+
+    @property
+    def edited_positions(self) -> int:
+        """Positions edited so far (device counts are read here, not in the patch)."""
+        return self._edited_host + (int(self._edited_device) if self._edited_device is not None else 0)
+
     @torch.no_grad()
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
         if not self.window.contains(ctx.sigma):
             return None
-        table = self.table(ctx)
-        if not table.size:
-            return None
-        rows = row_signs(ctx.chunk_kinds, view.n_rows, self.passes) != 0
-        if not bool(rows.any()):
-            return None
         u = view.sae_input(self.sae.input_kind)
-        thr, scales, directions, blockers, enc_rows, enc_bias, b_dec, unique, entry_to_unique = table.tensors(u)
+        rows, any_rows = self._rows(ctx, view.n_rows, u.device)
+        if not any_rows:
+            return None
+        if host.host_reads_are_free(u):
+            table = self.table(ctx)
+            if not table.size:
+                return None
+            us, norm = self.sae.standardize(u)
+            return self._edit_candidates(table, table.tensors(u), u, us, norm, rows)
+        stack = self._stack()
+        if stack.empty:
+            return None
         us, norm = self.sae.standardize(u)
-        candidates = rows.to(u.device)[:, None, None].expand(us.shape[:-1])
+        return self._edit_everywhere(stack, us, norm, rows, ctx)
+
+    def _edit_everywhere(self, stack: _StepStack, us: Tensor, norm, rows: Tensor, ctx: CallContext) -> Tensor:
+        """On an accelerator: every position through the same kernels, the profile step chosen on the device, nothing
+        read back to the host. Positions where nothing fires get a zero change: the output there is unchanged."""
+        sigma = ctx.sigma_tensor if ctx.sigma_tensor is not None else torch.tensor(
+            ctx.sigma if ctx.sigma is not None else stack.first_sigma)
+        union, f, thr, scale, blockers, directions = stack.entries(sigma, us.device)
+        z = self.sae.feature_activations(us, union, standardized=True)[..., f]
+        coeff = edit_coefficients(z, thr.to(z.dtype), scale.to(z.dtype), blockers.to(z.dtype))
+        coeff = coeff * rows[:, None, None, None].to(coeff.dtype)
+        changed = (coeff != 0).any(dim=-1).sum()
+        self._edited_device = changed if self._edited_device is None else self._edited_device + changed
+        du = coeff @ directions.to(coeff.dtype)
+        return du * norm.scale if norm.scale is not None else du
+
+    def _stack(self) -> _StepStack:
+        if self._steps is None:
+            self._steps = _StepStack(self.sae, self.selections)
+        return self._steps
+
+    def _edit_candidates(self, table: _Table, tensors: tuple, u: Tensor, us: Tensor, norm, rows: Tensor):
+        """On the CPU: only positions where a selected feature can reach its threshold get the full encode (an
+        exact bound from their pre-activations), which host reads make cheap to pick."""
+        thr, scales, directions, blockers, enc_rows, enc_bias, b_dec, unique, entry_to_unique = tensors
+        candidates = rows[:, None, None].expand(us.shape[:-1])
         if table.prefilter:
             pre = ((us - b_dec) @ enc_rows.t() + enc_bias)[..., entry_to_unique]  # (N, h, w, E)
             reach = pre > thr - self.PREFILTER_MARGIN * (thr.abs() + pre.abs())
@@ -231,7 +354,7 @@ class UnlearnPatch:
         changed = (coeff != 0).any(dim=-1)
         if not bool(changed.any()):
             return None
-        self.edited_positions += int(changed.sum())
+        self._edited_host += int(changed.sum())
         du = coeff @ directions  # (P, C)
         if norm.scale is not None:
             du = du * norm.scale[candidates]

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..blocks.context import CallContext
 from ..blocks.names import diffusers_name
-from ..blocks.passes import row_signs
+from ..blocks.passes import POSITIVE, row_kind_list
 from ..blocks.patch import BlockView
 from ..errors import SAEInputError
 from ..sae.model import SparseAutoencoder
@@ -30,7 +30,7 @@ class ConceptRecordPatch:
         self.group = GROUPS[0]
         self.sigmas: tuple[float, ...] | None = None
         self._sums: dict[str, Tensor] = {}
-        self._rows: dict[str, Tensor] = {}
+        self._rows: dict[str, list[int]] = {}
 
     def position_mean(self, u: Tensor) -> Tensor:
         """(rows, n_latents) float32: each row's latents averaged over its positions; u is (rows, h, w, C)."""
@@ -54,32 +54,29 @@ class ConceptRecordPatch:
         elif len(schedule) != len(self.sigmas):
             raise SAEInputError(f"the schedule changed between batches ({len(self.sigmas)} then {len(schedule)} "
                                 f"steps); record a profile with one sampler setting")
-        signs = row_signs(ctx.chunk_kinds, view.n_rows, "positive")
-        rows = torch.nonzero(signs > 0).flatten().tolist()
+        rows = [r for r, kind in enumerate(row_kind_list(ctx.chunk_kinds, view.n_rows)) if kind == POSITIVE]
         if not rows:
             return None
-        u = view.sae_input(self.sae.input_kind)[rows]
+        u = view.sae_input(self.sae.input_kind)
+        u = u if len(rows) == u.shape[0] else u[rows]
         with torch.no_grad():
             means = self.position_mean(u)
         n_steps = len(self.sigmas)
-        if self.group not in self._sums:
-            self._sums[self.group] = torch.zeros(n_steps, self.sae.n_latents, dtype=torch.float64)
-            self._rows[self.group] = torch.zeros(n_steps, dtype=torch.float64)
+        if self.group not in self._sums:  # kept on the device of the block: nothing is read back per call
+            self._sums[self.group] = torch.zeros(n_steps, self.sae.n_latents, dtype=torch.float64, device=u.device)
+            self._rows[self.group] = [0] * n_steps
         # out of place: the sums may have been created under inference mode and updated outside it, or back
-        step_sum = torch.zeros_like(self._sums[self.group])
-        step_sum[ctx.step] = means.sum(dim=0).double().cpu()
-        self._sums[self.group] = self._sums[self.group] + step_sum
-        step_rows = torch.zeros_like(self._rows[self.group])
-        step_rows[ctx.step] = len(rows)
-        self._rows[self.group] = self._rows[self.group] + step_rows
+        step = torch.tensor([ctx.step], device=u.device)
+        self._sums[self.group] = self._sums[self.group].index_add(0, step, means.sum(dim=0, keepdim=True).double())
+        self._rows[self.group][ctx.step] += len(rows)
         return None
 
     def mean(self, group: str) -> Tensor:
-        """(steps, n_latents) float32 mean over the recorded rows (zeros for a step never seen)."""
+        """(steps, n_latents) float32 mean over the recorded rows (zeros for a step never seen), on the CPU."""
         if group not in self._sums:
             raise SAEInputError(f"nothing was recorded for the {group} prompts")
-        rows = self._rows[group].clamp_min(1.0)[:, None]
-        return (self._sums[group] / rows).float()
+        rows = torch.tensor(self._rows[group], dtype=torch.float64).clamp_min(1.0)[:, None]
+        return (self._sums[group].cpu() / rows).float()
 
     def profile(self, n_target: int, n_other: int, block: str, **info) -> ConceptProfile:
         """The recorded statistics as a profile (``info``: name, prompts, sampling)."""

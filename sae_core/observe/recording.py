@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..blocks.context import CallContext
+from ..blocks.host import to_host, wait_for_copies
 from ..blocks.patch import BlockView
 from ..sae.model import SparseAutoencoder
 
@@ -44,10 +45,6 @@ class RecordedCall:
         for r in range(self.values.shape[0]):
             yield self.chunk_kinds[r // per_chunk], r % per_chunk, self.values[r], self.indices[r]
 
-    def to_cpu(self) -> RecordedCall:
-        if self.values.device.type == "cpu":
-            return self
-        return RecordedCall(self.step, self.sigma, self.chunk_kinds, self.grid, self.values.cpu(), self.indices.cpu())
 
 
 @dataclass
@@ -77,6 +74,7 @@ class Recording:
         self.index_dtype = torch.int16 if sae.n_latents <= torch.iinfo(torch.int16).max else torch.int32
         self.run: Run | None = None
         self._runs_started = 0
+        self._pending: torch.device | None = None  # a device with copies to the host still in flight
 
     # ------------------------------------------------------------ lifecycle (driven by the sampler)
     def begin_run(self, n_steps: int | None = None, latent_shape: tuple[int, ...] | None = None) -> None:
@@ -85,10 +83,15 @@ class Recording:
         self.run = Run(self._runs_started, n_steps, tuple(latent_shape) if latent_shape is not None else None)
 
     def end_run(self) -> None:
-        """Sampling finished (or failed): move the codes off the accelerator."""
+        """Sampling finished (or failed): the codes' copies to the host are complete (one synchronisation)."""
         if self.run is not None:
-            self.run.calls = [c.to_cpu() for c in self.run.calls]
+            self._settle()
             self.run.finished = True
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            wait_for_copies(self._pending)
+            self._pending = None
 
     # ------------------------------------------------------------ per block call
     def add(self, ctx: CallContext, values: Tensor, indices: Tensor) -> None:
@@ -96,15 +99,18 @@ class Recording:
         if self.run is None or self.run.finished:  # sampled without the run wrapper: open a run ourselves
             self.begin_run(ctx.n_steps)
         rows, h, w, k = values.shape
+        if values.device.type != "cpu":
+            self._pending = values.device  # copied without blocking; read after end_run's one synchronisation
         self.run.calls.append(RecordedCall(
             step=ctx.step, sigma=ctx.sigma, chunk_kinds=tuple(ctx.chunk_kinds) or (0,), grid=(h, w),
-            values=values.detach().reshape(rows, h * w, k).clamp(max=FP16_MAX).to(torch.float16),
-            indices=indices.detach().reshape(rows, h * w, k).to(self.index_dtype),
+            values=to_host(values.detach().reshape(rows, h * w, k).clamp(max=FP16_MAX).to(torch.float16)),
+            indices=to_host(indices.detach().reshape(rows, h * w, k).to(self.index_dtype)),
         ))
 
     # ------------------------------------------------------------ facts for the readers
     @property
     def calls(self) -> list[RecordedCall]:
+        self._settle()  # a reader may come before the run's end (sampled without the run wrapper)
         return [] if self.run is None else self.run.calls
 
     def nbytes(self) -> int:
@@ -128,6 +134,9 @@ class RecordPatch:
         self.sae = sae
         self.input_kind = sae.input_kind
         self.recording = recording
+
+    def prepare(self, ctx: CallContext, device: torch.device) -> None:
+        self.sae.warm(device)
 
     def __call__(self, view: BlockView, ctx: CallContext) -> None:
         code = self.sae.encode_topk(view.sae_input(self.sae.input_kind), self.recording.keep)

@@ -26,6 +26,7 @@ from ..validate import check_choice
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
 STANDARDIZE_EPS = 1e-5  # SAeUron's input_unit_norm adds this to the std
+ENCODE_CHUNK = 1 << 24  # pre-activations computed at once by the sparse encode (64 MB in fp32)
 
 
 class SparseCode(NamedTuple):
@@ -227,15 +228,22 @@ class SparseAutoencoder(nn.Module):
         return torch.where(torch.isfinite(mean) & (mean > 0), mean, torch.ones_like(mean))
 
     # ----------------------------------------------------------------- weights in the caller's dtype
+    def warm(self, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        """Cast the weights for ``device`` now (patches call this before each model call, outside any compiled
+        region, so a compiled block finds them cached)."""
+        self._weights(torch.empty(0, device=device, dtype=dtype))
+
     def _weights(self, like: Tensor) -> _Weights:
         if not like.is_floating_point():
             raise SAEInputError(f"SAE inputs must be floating point, got {like.dtype}")
         own = _Weights(self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold)
         if self.W_enc.device == like.device and self.W_enc.dtype == like.dtype:
             return own
-        stamp = tuple((_version(t), t.data_ptr()) for t in own if t is not None)
         key = (like.device, like.dtype)
         hit = self._cast_cache.get(key)
+        if hit is not None and torch.compiler.is_compiling():  # warmed before the model call; weights are frozen
+            return hit[1]
+        stamp = tuple((_version(t), t.data_ptr()) for t in own if t is not None)
         if hit is not None and hit[0] == stamp:
             return hit[1]
         cast = _Weights(*(None if t is None else t.detach().to(like.device, like.dtype) for t in own))
@@ -292,12 +300,23 @@ class SparseAutoencoder(nn.Module):
         values, indices = pre.topk(k, dim=-1, sorted=False)
         return SparseCode(values.relu(), indices)
 
-    def encode_topk(self, x: Tensor, k: int | None = None) -> SparseCode:
+    def encode_topk(self, x: Tensor, k: int | None = None, *, standardized: bool = False) -> SparseCode:
         """Sparse fast path: (values, indices) of shape (..., k) without dense latents.
 
-        For ReLU/JumpReLU SAEs pass ``k`` to keep only the k strongest latents of each position.
+        The pre-activations of at most ``ENCODE_CHUNK`` values are held at once: positions are encoded in chunks
+        (each row independently, so the code is the same), so a 4096-token Flux block with 24576 latents needs
+        64 MB, not 400 MB. For ReLU/JumpReLU SAEs pass ``k`` to keep only the k strongest latents of each position.
         """
-        return self.topk_from_pre(self.pre_activations(x), k)
+        self._check_width(x)
+        lead, flat = x.shape[:-1], x.reshape(-1, self.d_in)
+        rows = max(1, ENCODE_CHUNK // self.n_latents)
+        if flat.shape[0] <= rows:
+            code = self.topk_from_pre(self.pre_activations(flat, standardized=standardized), k)
+        else:
+            parts = [self.topk_from_pre(self.pre_activations(flat[i:i + rows], standardized=standardized), k)
+                     for i in range(0, flat.shape[0], rows)]
+            code = SparseCode(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))
+        return SparseCode(code.values.reshape(*lead, -1), code.indices.reshape(*lead, -1))
 
     def feature_activations(self, x: Tensor, features: Tensor, *, standardized: bool = False) -> Tensor:
         """Activations (..., F) of the given features only, exactly as in the full code.
@@ -307,8 +326,7 @@ class SparseAutoencoder(nn.Module):
         """
         features = features.to(device=x.device, dtype=torch.long)
         if self.activation == "topk":
-            code = self.encode_topk(x) if not standardized else self.topk_from_pre(
-                self.pre_activations(x, standardized=True))
+            code = self.encode_topk(x, standardized=standardized)
             hits = code.indices[..., :, None] == features
             return (code.values[..., :, None] * hits).sum(dim=-2)
         if not standardized:

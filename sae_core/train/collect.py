@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from ..blocks.context import CallContext
-from ..blocks.passes import NEGATIVE, POSITIVE, STORE_PASSES, row_kinds
+from ..blocks.host import to_host, wait_for_copies
+from ..blocks.passes import NEGATIVE, POSITIVE, STORE_PASSES, row_kind_list
 from ..blocks.patch import INPUT_KINDS, BlockView
 from ..validate import check_choice, check_number
 from .data import derive_seed
@@ -36,6 +37,7 @@ class CollectPatch:
         self.seed = seed
         self.prompt_index = 0
         self.data = ShardData()
+        self._pending: torch.device | None = None
 
     def _subset(self, step: int, row: int, total: int) -> Tensor:
         """The positions kept for one row: all, or a seeded random subset in position order."""
@@ -46,29 +48,35 @@ class CollectPatch:
 
     def __call__(self, view: BlockView, ctx: CallContext) -> None:
         with torch.no_grad():
+            kinds = row_kind_list(ctx.chunk_kinds, view.n_rows)  # host facts: the pass of each row
+            wanted = (POSITIVE, NEGATIVE) if self.passes == "both" else (POSITIVE,)
+            rows = [r for r, kind in enumerate(kinds) if kind in wanted]
+            if not rows:
+                return None
             u = view.sae_input(self.input_kind)  # (N, h, w, C)
             n, h, w, c = u.shape
-            row_kind = row_kinds(ctx.chunk_kinds, n)
-            wanted = (POSITIVE, NEGATIVE) if self.passes == "both" else (POSITIVE,)
-            keep = torch.isin(row_kind, torch.tensor(wanted))
-            if not bool(keep.any()):
-                return None
             step = ctx.step or 0
-            rows = keep.nonzero().flatten().tolist()
             subsets = [self._subset(step, r, h * w) for r in rows]
             flat = u.reshape(n, h * w, c)
-            picked = torch.cat([flat[r, s.to(u.device)] for r, s in zip(rows, subsets)])
-            count = sum(len(s) for s in subsets)
-            self.data.activations.append(picked.to(device="cpu", dtype=self.dtype))
+            index_rows = torch.tensor([r for r, s in zip(rows, subsets) for _ in range(len(s))], device=u.device)
+            picked = flat[index_rows, torch.cat(subsets).to(u.device)]
+            count = index_rows.numel()
+            if u.device.type != "cpu":
+                self._pending = u.device  # copied without blocking; take() waits once
+            self.data.activations.append(to_host(picked.to(self.dtype)))
             self.data.rows["prompt"].append(torch.full((count,), self.prompt_index, dtype=torch.int32))
             self.data.rows["step"].append(torch.full((count,), step, dtype=torch.int32))
             self.data.rows["position"].append(torch.cat(subsets).to(torch.int32))
-            self.data.rows["pass"].append(torch.cat([torch.full((len(s),), int(row_kind[r]), dtype=torch.int32)
-                                                     for r, s in zip(rows, subsets)]))
+            self.data.rows["pass"].append(torch.tensor([kinds[r] for r, s in zip(rows, subsets) for _ in range(len(s))],
+                                                       dtype=torch.int32))
             self.data.grid = (h, w)
         return None
 
     def take(self) -> ShardData:
+        """The rows collected since the last take (their copies to the host complete)."""
+        if self._pending is not None:
+            wait_for_copies(self._pending)
+            self._pending = None
         data, self.data = self.data, ShardData()
         return data
 

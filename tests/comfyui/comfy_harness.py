@@ -24,8 +24,9 @@ if COMFYUI_PATH not in sys.path:
     sys.path.insert(0, COMFYUI_PATH)
 
 import comfy.cli_args  # noqa: E402
+from devices import ON_CPU  # noqa: E402  (SAE_LAB_DEVICE: cpu unless bench/device_check.py runs on a GPU)
 
-comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
+comfy.cli_args.args.cpu = ON_CPU  # before anything imports comfy.model_management
 
 import folder_paths  # noqa: E402
 

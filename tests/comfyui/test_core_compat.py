@@ -102,3 +102,38 @@ def test_partial_unload_and_reload_reapplies_the_patch_and_leaves_the_base_model
     for key, value in model.model.diffusion_model.state_dict().items():
         assert torch.equal(value, weights[key]), key
     assert model.model.diffusion_model.input_blocks[8][1].forward.__func__ is SpatialTransformer.forward
+
+
+def test_every_patch_is_prepared_once_per_model_call_on_the_object_its_block_runs_even_after_clones():
+    """``ModelPatcher.clone`` deep-copies model_options on some versions: the patches the model-call wrapper prepares
+    must still be the ones the blocks call (not copies, which would also copy their SAE's weights), and the call's
+    facts are computed once per model call for every patched block of it."""
+    from sae_lab_pack.nodes.patching import CALL_KEY, PATCHES_KEY
+
+    model = steer(steer(build_unet("sdxl"), 2.0), 1.0).clone().clone()
+    patches = model.model_options["transformer_options"][PATCHES_KEY]
+    assert len(patches) == 2
+    events, contexts = [], []
+    for i, patch in enumerate(patches):
+        cls = type(patch)
+
+        class Watched(cls):
+            def prepare(self, ctx, device, i=i):
+                events.append(("prepare", i))
+                contexts.append(ctx)
+                return super().prepare(ctx, device)
+
+            def __call__(self, view, ctx, i=i):
+                events.append(("call", i))
+                contexts.append(ctx)
+                return super().__call__(view, ctx)
+
+        patch.__class__ = Watched  # the object itself: a copy would not see this
+    pos, neg = random_conditioning()
+    sample(model, pos, neg, LATENT, steps=2, cfg=2.0)
+    # per model call (cfg > 1 batches both passes: one call per step): both prepared, then both blocks run
+    assert events == [("prepare", 0), ("prepare", 1), ("call", 0), ("call", 1)] * 2
+    for first in (0, 4):
+        assert all(ctx is contexts[first] for ctx in contexts[first:first + 4])  # one CallContext per model call
+    assert contexts[0] is not contexts[4] and contexts[0].step == 0 and contexts[4].step == 1
+    assert CALL_KEY not in model.model_options["transformer_options"]  # per call, not stored on the model

@@ -1,0 +1,35 @@
+"""Moving facts between the accelerator and the host without stalling it.
+
+On an accelerator, reading a tensor's value on the host (``.item()``, ``bool(t)``, boolean-mask indexing, a blocking
+``.cpu()``) waits for every kernel queued so far: a host sync, which empties the launch queue. Patches run in
+every call of a patched block, so their steady state reads nothing back from the device; what must be known on
+the host comes from the CallContext (read once per model call) or is decided when a cache is first filled. On the
+CPU such reads cost nothing, and some patches use them there to skip work.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def host_reads_are_free(t: Tensor) -> bool:
+    """Whether a patch may read ``t``'s values on the host (CPU tensors, outside torch.compile tracing)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def to_host(t: Tensor) -> Tensor:
+    """A CPU copy of ``t`` that does not block: pinned memory and a non-blocking copy on CUDA, valid once
+    :func:`wait_for_copies` returned (CPU tensors are returned as they are)."""
+    if t.device.type == "cpu":
+        return t
+    if t.device.type == "cuda":
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        return host
+    return t.cpu()
+
+
+def wait_for_copies(device: torch.device | str | None) -> None:
+    """One synchronisation for all the copies :func:`to_host` queued on ``device``."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
