@@ -1,5 +1,5 @@
-"""Feature atlas nodes: add every generation's recorded features to an atlas saved beside the SAE
-(browsed in the SAE Atlas sidebar), and find the features that tell two sets of prompts apart."""
+"""Feature atlas nodes: add every generation's recorded features to an atlas saved beside the SAE (browsed in the
+SAE Atlas sidebar), and import label sets into it (from ComfyUI's input folder or a hub repo)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +8,16 @@ import numpy as np
 from comfy_api.latest import io, ui
 
 from ..sae_core.atlas.feature_atlas import ATLAS_SUFFIX, Example, FeatureAtlas, atlas_dir_for
+from ..sae_core.atlas.label_files import read_label_file
+from ..sae_core.atlas.label_import import fill_block, hub_label_file, import_labels
+from ..sae_core.atlas.previews import check_setting
 from ..sae_core.errors import SAEInputError
 from ..sae_core.observe import analysis
-from ..sae_core.validate import check_number, check_text, is_inside
+from ..sae_core.sae.hub import REPO_TYPES
+from ..sae_core.validate import check_choice, check_number, check_text, is_inside
 from . import folders
 from .base import SAENode
+from .sae import hub_local_dir
 from .sockets import RECORDING, SAE
 
 CATEGORY = "SAE Lab/explore"
@@ -95,4 +100,88 @@ class SAEBuildAtlas(SAENode):
         return io.NodeOutput(summary, ui=ui.PreviewText(summary))
 
 
-NODES = [SAEBuildAtlas]
+class SAEImportLabels(SAENode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAEImportLabels",
+            display_name="SAE Import Labels",
+            category=CATEGORY,
+            description=(
+                "Imports a label set into the SAE's feature atlas (created if the SAE has none yet): a JSON list of "
+                "{id, label, category, confidence} or a CSV id,label[,category,confidence], from ComfyUI's input "
+                "folder or a hub repo. Labels you edit in the SAE Atlas sidebar win over imported ones. Also sets "
+                "where the sidebar's feature pictures come from."),
+            is_output_node=True,
+            inputs=[
+                SAE.Input("sae", tooltip="The SAE the labels are for (its feature count bounds the ids); the atlas "
+                                         "is the one beside its file."),
+                io.String.Input("labels_file", default="",
+                                tooltip="A .json or .csv file in ComfyUI's input folder, e.g. labels_down.2.1.json "
+                                        "({block} stands for the SAE's block). Empty: use hub_repo, or import "
+                                        "nothing and only set preview_source."),
+                io.String.Input("hub_repo", default="",
+                                tooltip="A Hugging Face repo holding the label file (instead of labels_file); "
+                                        "downloaded once into models/sae/<owner>__<name>, then used offline."),
+                io.String.Input("hub_path", default="",
+                                tooltip="The label file inside hub_repo, e.g. {block}.json ({block} becomes the "
+                                        "SAE's block: down.2.1, mid.0, up.0.0, up.0.1)."),
+                io.Combo.Input("hub_repo_type", options=list(REPO_TYPES), default="dataset",
+                               tooltip="Whether hub_repo is a dataset repo or a model repo."),
+                io.Boolean.Input("replace_imported", default=False,
+                                 tooltip="Drop every label imported before (labels you wrote stay). Off: the new "
+                                         "labels replace earlier imported ones for the ids they name."),
+                io.String.Input("atlas_name", default="",
+                                tooltip="Empty: the atlas beside the SAE (x.safetensors -> x.atlas). A name: "
+                                        "models/sae/<name>.atlas."),
+                io.String.Input("preview_source", default="",
+                                tooltip="Where the sidebar's feature pictures come from. Empty: keep the current "
+                                        "setting (new atlases: auto). auto: the known table (the paper's SDXL Turbo "
+                                        "SAEs). none: no pictures. Or [dataset:]owner/name/{block}/{feature}.jpg."),
+            ],
+            outputs=[io.String.Output(display_name="summary", tooltip="What was imported and what the atlas holds.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, labels_file: str = "", **others):
+        """Import again when the label file changes on disk under the same name."""
+        try:
+            stamp = folders.input_file(labels_file.strip(), "labels_file").stat().st_mtime_ns \
+                if labels_file.strip() else None
+        except (SAEInputError, OSError, AttributeError):
+            stamp = None
+        return (labels_file, stamp, tuple(sorted((k, repr(v)) for k, v in others.items() if k != "sae")))
+
+    @classmethod
+    def execute(cls, sae, labels_file: str = "", hub_repo: str = "", hub_path: str = "",
+                hub_repo_type: str = "dataset", replace_imported: bool = False, atlas_name: str = "",
+                preview_source: str = "") -> io.NodeOutput:
+        name = check_text("labels_file", labels_file or "", 1024, single_line=True).strip()
+        repo = check_text("hub_repo", hub_repo or "", 200, single_line=True).strip()
+        check_choice("hub_repo_type", hub_repo_type, REPO_TYPES)
+        if not isinstance(replace_imported, bool):
+            raise SAEInputError(f"replace_imported must be true or false, got {type(replace_imported).__name__}")
+        preview = check_setting(preview_source)
+        if name and repo:
+            raise SAEInputError("give labels_file or hub_repo, not both")
+        folder = atlas_folder(sae, atlas_name)
+        rows = source = None
+        if name:
+            name = fill_block(name, sae)
+            source = f"file {name}"
+            rows = read_label_file(folders.input_file(name, "labels_file"), sae.n_latents, name=name, source=source)
+        elif repo:
+            inside = fill_block(check_text("hub_path", hub_path or "", 300, single_line=True).strip(), sae)
+            if not inside:
+                raise SAEInputError("hub_path is empty: name the label file inside hub_repo, e.g. {block}.json")
+            path = hub_label_file(repo, inside, repo_type=hub_repo_type, local_dir=hub_local_dir(repo))
+            source = f"hub {repo}/{inside}"
+            rows = read_label_file(path, sae.n_latents, name=f"{repo}/{inside}", source=source)
+        shown_name = folders.relative_name(folders.SAE_FOLDER, folder) or folder.name
+        report = import_labels(folder, sae, rows, source, replace=replace_imported, preview=preview,
+                               atlas_name=shown_name)
+        summary = report.summary(shown_name)
+        return io.NodeOutput(summary, ui=ui.PreviewText(summary))
+
+
+NODES = [SAEBuildAtlas, SAEImportLabels]

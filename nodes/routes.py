@@ -1,4 +1,4 @@
-"""HTTP routes of the feature browser on ComfyUI's server (the logic is sae_core.atlas_service)."""
+"""HTTP routes of the feature browser on ComfyUI's server (the logic is sae_core.atlas.service)."""
 from __future__ import annotations
 
 import asyncio
@@ -6,6 +6,7 @@ import logging
 
 from aiohttp import web
 
+from ..sae_core.atlas.previews import PreviewUnavailable
 from ..sae_core.atlas.service import MAX_LABEL_BODY, AtlasService
 from ..sae_core.errors import SAEError
 from . import folders
@@ -16,7 +17,8 @@ service = AtlasService(lambda: folders.roots(folders.SAE_FOLDER))
 
 
 def _error(exc: Exception) -> web.Response:
-    status = 404 if "no atlas named" in str(exc) or "has no thumbnail" in str(exc) else 400
+    missing = ("no atlas named", "has no thumbnail", "has no preview source")
+    status = 404 if isinstance(exc, PreviewUnavailable) or any(text in str(exc) for text in missing) else 400
     return web.json_response({"error": folders.scrub_paths(str(exc))}, status=status)
 
 
@@ -46,6 +48,23 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         return _error(exc)
 
 
+async def preview(request: web.Request) -> web.StreamResponse:
+    """A feature's published picture (downloaded on first view, in a worker thread: it may wait on the hub)."""
+    try:
+        return web.FileResponse(await asyncio.to_thread(service.preview, dict(request.query)))
+    except SAEError as exc:
+        return _error(exc)
+
+
+async def labels(request: web.Request) -> web.Response:
+    try:
+        text, content_type, filename = await asyncio.to_thread(service.labels_file, dict(request.query))
+    except SAEError as exc:
+        return _error(exc)
+    return web.Response(text=text, content_type=content_type,
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 async def label(request: web.Request) -> web.Response:
     if request.content_length is None or request.content_length > MAX_LABEL_BODY:
         return web.json_response({"error": f"label requests must declare a body of at most {MAX_LABEL_BODY} bytes"},
@@ -68,6 +87,8 @@ def register_routes() -> bool:
     routes.get(f"{PREFIX}/features")(features)
     routes.get(f"{PREFIX}/feature")(feature)
     routes.get(f"{PREFIX}/thumbnail")(thumbnail)
+    routes.get(f"{PREFIX}/preview")(preview)
+    routes.get(f"{PREFIX}/labels")(labels)
     routes.post(f"{PREFIX}/label")(label)
     return True
 

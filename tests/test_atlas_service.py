@@ -82,3 +82,23 @@ def test_thumbnail_ids_are_integers(service):
         service.thumbnail({"atlas": "tiny.atlas", "gen": "../../x"})
     with pytest.raises(SAEInputError, match="has no thumbnail"):
         service.thumbnail({"atlas": "tiny.atlas", "gen": "99"})
+
+
+def test_labels_export_in_both_shapes_and_bad_formats(service):
+    from sae_core.atlas.labels import ImportedLabel, write_imported_labels
+
+    write_imported_labels(service.roots()[0] + "/tiny.atlas", {4: ImportedLabel("tiger", "object", "high", 2.5, "set")})
+    service.set_label(_body(atlas="tiny.atlas", id=7, label="stripes"))
+    text, kind, name = service.labels_file({"atlas": "tiny.atlas", "format": "json"})
+    assert kind == "application/json" and name == "tiny.labels.json"
+    assert json.loads(text) == [
+        {"id": 4, "label": "tiger", "category": "object", "confidence": "high", "meanActivation": 2.5},
+        {"id": 7, "label": "stripes", "category": "", "confidence": ""}]
+    text, kind, name = service.labels_file({"atlas": "tiny.atlas", "format": "csv"})
+    assert kind == "text/csv" and text.splitlines() == ["id,label,category,confidence", "4,tiger,object,high",
+                                                        "7,stripes,,"]
+    rows = service.features({"atlas": "tiny.atlas", "q": "obj"})["features"]
+    assert [(r["id"], r["category"], r["source"]) for r in rows] == [(4, "object", "set")]
+    for params in ({"format": "xml"}, {"format": ""}, {"atlas": "../x.atlas"}):
+        with pytest.raises(SAEInputError):
+            service.labels_file({"atlas": "tiny.atlas", **params})

@@ -24,7 +24,7 @@ def find_and_steer() -> dict:
                                           "euler_ancestral", "sgm_uniform", 0, 512, 512, 4],
                     pos=(0, 600), size=(420, 520), title="Concept: winter vs summer",
                     model=(ckpt, 0), clip=(ckpt, 1), sae=(sae, 0))
-    find = g.add("SAEFindFeatures", [5, "target"], pos=(460, 600), size=(340, 150),
+    find = g.add("SAEFindFeatures", [5, "target", "concept", ""], pos=(460, 600), size=(340, 190),
                  title="Features of 'winter'", concept=(profile, 0), sae=(sae, 0))
     g.add("PreviewImage", pos=(460, 790), size=(420, 300), title="How much more they fire on winter prompts",
           images=(find, 2))

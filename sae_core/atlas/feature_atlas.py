@@ -8,13 +8,14 @@ so memory and disk stay bounded by features x N whatever the number of generatio
 drawn on request from the kept codes.
 
 On disk (one folder per SAE, beside it): ``index.json`` (generations, settings), ``atlas.safetensors``
-(top-N tables, statistics, the kept codes), ``labels.json`` (user labels) and ``thumbs/<id>.jpg``.
+(top-N tables, statistics, the kept codes), ``labels.json`` (the user's labels), ``imported_labels.json`` (label
+sets imported from files or the hub, see :mod:`.labels`), ``thumbs/<id>.jpg`` and ``previews/`` (published
+pictures of features, see :mod:`.previews`). An atlas may hold labels only, before any run was recorded.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,13 +28,23 @@ from ..errors import SAEFormatError, SAEInputError
 from ..files import atomic_write, atomic_write_text, check_version
 from ..sae.model import SparseCode
 from ..validate import check_choice, is_inside, relative_parts, resolve_inside, shown
+from . import label_search
+from .labels import (
+    ImportedLabel,
+    ShownLabel,
+    all_shown,
+    read_imported_labels,
+    read_user_labels,
+    shown_label,
+    validate_label,
+    write_user_labels,
+)
 
 ATLAS_VERSION = 1
 ATLAS_SUFFIX = ".atlas"
 THUMB_SIZE = 160
-SORTS = ("firing_rate", "mean_activation", "id")
-MAX_LABEL_LENGTH = 120
-_LABEL_OK = re.compile(r"^[^\x00-\x1f\x7f]*$")
+DEFAULT_TOP_N = 8
+SORTS = ("firing_rate", "mean_activation", "id", "relevance")
 
 
 def atlas_dir_for(sae_path: str | Path) -> Path:
@@ -41,18 +52,6 @@ def atlas_dir_for(sae_path: str | Path) -> Path:
     path = Path(sae_path)
     stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
     return path.with_name(stem + ATLAS_SUFFIX)
-
-
-def validate_label(text: str) -> str:
-    """Labels are short single-line text; anything else is refused rather than stored."""
-    if not isinstance(text, str):
-        raise SAEInputError(f"a label must be text, got {type(text).__name__}")
-    text = text.strip()
-    if len(text) > MAX_LABEL_LENGTH:
-        raise SAEInputError(f"a label has at most {MAX_LABEL_LENGTH} characters, got {len(text)}")
-    if not _LABEL_OK.match(text):
-        raise SAEInputError("a label cannot contain control characters or line breaks")
-    return text
 
 
 @dataclass
@@ -91,7 +90,9 @@ class FeatureAtlas:
         self.generations: dict[int, Generation] = {}
         self.codes: dict[int, SparseCode] = {}
         self.thumbnails: dict[int, np.ndarray] = {}  # kept in memory until saved
-        self.labels: dict[int, str] = {}
+        self.labels: dict[int, str] = {}  # the user's labels (labels.json)
+        self.imported: dict[int, ImportedLabel] = {}  # imported label sets (imported_labels.json, read-only here)
+        self._labels_changed = False
 
     # ------------------------------------------------------------- building
     def add(self, example: Example) -> int:
@@ -161,6 +162,13 @@ class FeatureAtlas:
         values, indices = self.codes[gen_id]
         return (values.float() * (indices == feature)).sum(-1).numpy()
 
+    def label(self, feature: int) -> ShownLabel | None:
+        """The label shown for a feature: the user's, else an imported one."""
+        return shown_label(self.labels, self.imported, feature)
+
+    def shown_labels(self) -> dict[int, ShownLabel]:
+        return all_shown(self.labels, self.imported)
+
     def feature(self, feature: int) -> dict:
         """Everything the browser's detail view shows for one feature."""
         feature = self._check_feature(feature)
@@ -172,49 +180,74 @@ class FeatureAtlas:
             examples.append({"generation": gen_id, "score": score, "prompt": gen.prompt, "seed": gen.seed,
                              "grid": list(gen.grid), "has_thumbnail": gen.has_thumbnail,
                              "map": self.feature_map(gen_id, feature).round(4).tolist()})
-        return {"id": feature, "label": self.labels.get(feature, ""),
+        label = self.label(feature)
+        return {"id": feature, "label": label.text if label else "",
+                "label_info": label.as_dict() if label else None, "recorded": self.next_id > 0,
                 "firing_rate": float(self.firing_rate()[feature]),
                 "mean_activation": float(self.mean_activation()[feature]), "examples": examples}
 
-    def summary(self, query: str = "", sort: str = "firing_rate", limit: int = 200, offset: int = 0) -> dict:
-        """Features for the browser's grid: filtered by id or label text, sorted, paginated."""
+    def summary(self, query: str = "", sort: str = "firing_rate", limit: int = 200, offset: int = 0,
+                all_features: bool = False) -> dict:
+        """Features for the browser's grid: those with examples or labels (every feature with ``all_features``,
+        when each has a published preview), filtered by id, label and category words (see :mod:`.label_search`),
+        sorted, paginated."""
         check_choice("sort", sort, SORTS)
         rate, mean = self.firing_rate(), self.mean_activation()
-        ids = [f for f in range(self.n_latents) if self.top_gens[f, 0] >= 0 or f in self.labels]
-        query = (query or "").strip().lower()
+        fired = (self.top_gens[:, 0] >= 0).tolist()
+        labels = self.shown_labels()
+        ids = list(range(self.n_latents)) if all_features else [f for f in range(self.n_latents)
+                                                                  if fired[f] or f in labels]
+        query = (query or "").strip()
         if query:
-            ids = [f for f in ids if query == str(f) or query in self.labels.get(f, "").lower()]
-        key = {"firing_rate": lambda f: -float(rate[f]), "mean_activation": lambda f: -float(mean[f]),
-               "id": lambda f: f}[sort]
-        ids.sort(key=key)
-        rows = [{"id": f, "label": self.labels.get(f, ""), "firing_rate": float(rate[f]),
-                 "mean_activation": float(mean[f]), "top_generation": int(self.top_gens[f, 0])}
-                for f in ids[offset: offset + limit]]
-        return {"total": len(ids), "features": rows, "meta": self.meta, "generations_seen": self.next_id}
+            ids = [f for f in ids if label_search.matches(query, f, labels.get(f))]
+        if sort == "relevance":
+            wanted = label_search.query_words(query)
+            relevance = {f: label_search.score(wanted, labels[f])[0] if wanted and f in labels else 0.0 for f in ids}
+            ids.sort(key=lambda f: (-relevance[f], f))
+        else:
+            key = {"firing_rate": lambda f: -float(rate[f]), "mean_activation": lambda f: -float(mean[f]),
+                   "id": lambda f: f}[sort]
+            ids.sort(key=key)
+        rows = []
+        for f in ids[offset: offset + limit]:
+            label = labels.get(f)
+            rows.append({"id": f, "label": label.text if label else "", "category": label.category if label else "",
+                         "confidence": label.confidence if label else "", "source": label.source if label else "",
+                         "firing_rate": float(rate[f]), "mean_activation": float(mean[f]),
+                         "top_generation": int(self.top_gens[f, 0])})
+        return {"total": len(ids), "features": rows, "meta": self.meta, "generations_seen": self.next_id,
+                "labelled": len(labels)}
 
     def set_label(self, feature: int, text: str) -> None:
+        """The user's label of a feature (empty clears it, and an imported label shows again)."""
         feature = self._check_feature(feature)
         text = validate_label(text)
         if text:
             self.labels[feature] = text
         else:
             self.labels.pop(feature, None)
+        self._labels_changed = True
 
     # ------------------------------------------------------------- disk
     @classmethod
-    def open_for(cls, folder: str | Path, sae, top_n: int) -> FeatureAtlas:
-        """The atlas in ``folder`` if it belongs to ``sae`` (same weight fingerprint), else a new one."""
+    def open_for(cls, folder: str | Path, sae, top_n: int | None = None) -> FeatureAtlas:
+        """The atlas in ``folder`` if it belongs to ``sae`` (same weight fingerprint), else a new one. ``top_n``
+        None keeps the atlas's own (8 for a new one); an atlas that holds labels only takes any top_n."""
         folder = Path(folder)
         meta = sae.identity()
         if not (folder / "index.json").is_file():
-            return cls(sae.n_latents, top_n=top_n, meta=meta)
+            return cls(sae.n_latents, top_n=top_n or DEFAULT_TOP_N, meta=meta)
         atlas = cls.load(folder)
         if atlas.meta.get("fingerprint") != meta["fingerprint"]:
             raise SAEInputError(f"the atlas {folder} was built for another SAE ({atlas.meta.get('name')!r}, "
                                 f"{atlas.meta.get('hookpoint')}); give this one its own atlas name")
-        if atlas.top_n != top_n:
-            raise SAEInputError(f"the atlas {folder} keeps the top {atlas.top_n} examples per feature, not "
-                                f"{top_n}; use top_n {atlas.top_n} or a new atlas name")
+        if top_n is not None and atlas.top_n != top_n:
+            if atlas.next_id > 0:
+                raise SAEInputError(f"the atlas {folder} keeps the top {atlas.top_n} examples per feature, not "
+                                    f"{top_n}; use top_n {atlas.top_n} or a new atlas name")
+            fresh = cls(atlas.n_latents, top_n=top_n, meta=atlas.meta)
+            fresh.labels, fresh.imported = atlas.labels, atlas.imported
+            return fresh
         return atlas
 
     def save(self, folder: str | Path) -> Path:
@@ -240,7 +273,9 @@ class FeatureAtlas:
                  "total_positions": self.total_positions, "next_id": self.next_id,
                  "generations": {str(g): asdict(self.generations[g]) for g in kept}}
         atomic_write_text(folder / "index.json", json.dumps(index))
-        atomic_write_text(folder / "labels.json", json.dumps({str(f): t for f, t in sorted(self.labels.items())}))
+        if self._labels_changed or not (folder / "labels.json").is_file():  # else the sidebar's edits stay
+            write_user_labels(folder, self.labels)
+            self._labels_changed = False
         for stale in (folder / "thumbs").glob("*.jpg"):
             if stale.stem.isdigit() and int(stale.stem) not in self.codes:
                 stale.unlink()
@@ -277,9 +312,8 @@ class FeatureAtlas:
                                              tables["code_indices"][rows].reshape(h, w, -1))
             atlas.generations[gen_id] = gen
             offset += h * w
-        labels_path = folder / "labels.json"
-        if labels_path.is_file():
-            atlas.labels = {int(f): t for f, t in json.loads(labels_path.read_text()).items()}
+        atlas.labels = read_user_labels(folder, atlas.n_latents)
+        atlas.imported = read_imported_labels(folder, atlas.n_latents)
         return atlas
 
 
@@ -342,19 +376,19 @@ def list_atlases(roots: list[str | Path], max_depth: int = 4) -> list[dict]:
 
 
 def update_label(folder: str | Path, feature: int, text: str) -> str:
-    """Set one label without rewriting the atlas tables (labels.json is replaced atomically)."""
+    """Set the user's label of one feature without rewriting the atlas tables (labels.json is replaced
+    atomically; imported labels are untouched, and show again when the user's label is cleared)."""
     folder = Path(folder)
     n_latents = int(json.loads((folder / "index.json").read_text())["n_latents"])
     if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < n_latents:
         raise SAEInputError(f"feature {feature!r} does not exist: this atlas has {n_latents} features")
     text = validate_label(text)
-    path = folder / "labels.json"
-    labels = json.loads(path.read_text()) if path.is_file() else {}
+    labels = read_user_labels(folder, n_latents)
     if text:
-        labels[str(feature)] = text
+        labels[feature] = text
     else:
-        labels.pop(str(feature), None)
-    atomic_write_text(path, json.dumps(dict(sorted(labels.items(), key=lambda kv: int(kv[0])))))
+        labels.pop(feature, None)
+    write_user_labels(folder, labels)
     return text
 
 

@@ -1,18 +1,23 @@
 """What the feature browser's HTTP routes do, without the HTTP: parse and validate request parameters,
-read atlases (cached while unchanged on disk) and answer plain dicts. The ComfyUI adapter only maps
-these to aiohttp responses, so every validation rule is testable here."""
+read atlases (cached while unchanged on disk) and answer plain dicts, files to serve or text to download. The
+ComfyUI adapter only maps these to aiohttp responses, so every validation rule is testable here."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import SAEInputError
-from ..validate import check_text
+from ..validate import check_choice, check_text
 from .feature_atlas import FeatureAtlas, list_atlases, resolve_atlas_name, update_label
+from .label_import import export_labels
+from .labels import IMPORTED_FILE, USER_FILE
+from .previews import PreviewCache, block_of, source_for
 
 MAX_LABEL_BODY = 4096  # bytes: a label request is tiny; anything larger is refused unread
 MAX_PAGE = 500
+EXPORT_FORMATS = {"json": "application/json", "csv": "text/csv"}
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0,
@@ -34,8 +39,9 @@ def _int_param(params: Mapping[str, str], name: str, default: int | None = None,
 class AtlasService:
     """The browser backend over the SAE model folders returned by ``roots()``."""
 
-    def __init__(self, roots: Callable[[], list[str]]):
+    def __init__(self, roots: Callable[[], list[str]], previews: PreviewCache | None = None):
         self.roots = roots
+        self.previews = previews or PreviewCache()
         self._cache: dict[Path, tuple[tuple, FeatureAtlas]] = {}
 
     def _folder(self, params: Mapping[str, str]) -> Path:
@@ -43,7 +49,7 @@ class AtlasService:
 
     def _atlas(self, folder: Path) -> FeatureAtlas:
         stamp = tuple((folder / name).stat().st_mtime_ns if (folder / name).exists() else 0
-                      for name in ("atlas.safetensors", "index.json", "labels.json"))
+                      for name in ("atlas.safetensors", "index.json", USER_FILE, IMPORTED_FILE))
         hit = self._cache.get(folder)
         if hit is None or hit[0] != stamp:
             hit = (stamp, FeatureAtlas.load(folder))
@@ -54,14 +60,44 @@ class AtlasService:
         return {"atlases": list_atlases(self.roots())}
 
     def features(self, params: Mapping[str, str]) -> dict:
+        """The grid: every feature when the atlas has published previews, else those with examples or labels."""
         atlas = self._atlas(self._folder(params))
-        return atlas.summary(query=check_text("q", params.get("q", ""), 200), sort=params.get("sort", "firing_rate"),
-                             limit=_int_param(params, "limit", 200, 1, MAX_PAGE),
-                             offset=_int_param(params, "offset", 0))
+        source = source_for(atlas.meta, params["atlas"], atlas.n_latents)
+        answer = atlas.summary(query=check_text("q", params.get("q", ""), 200), sort=params.get("sort", "firing_rate"),
+                               limit=_int_param(params, "limit", 200, 1, MAX_PAGE),
+                               offset=_int_param(params, "offset", 0), all_features=source is not None)
+        answer["preview"] = self._preview_info(atlas, params["atlas"])
+        return answer
 
     def feature(self, params: Mapping[str, str]) -> dict:
         atlas = self._atlas(self._folder(params))
-        return atlas.feature(_int_param(params, "id", maximum=atlas.n_latents - 1))
+        answer = atlas.feature(_int_param(params, "id", maximum=atlas.n_latents - 1))
+        answer["preview"] = self._preview_info(atlas, params["atlas"])
+        return answer
+
+    def _preview_info(self, atlas: FeatureAtlas, name: str) -> dict | None:
+        """What the browser needs to show pictures: the source, and whether missing ones can be downloaded now."""
+        source = source_for(atlas.meta, name, atlas.n_latents)
+        return None if source is None else {"source": source.spec, "online": self.previews.hub_reachable()}
+
+    def preview(self, params: Mapping[str, str]) -> Path:
+        """The published picture of feature ``id``: from the atlas's previews folder, downloaded there on first
+        view. PreviewUnavailable (a 404) when the atlas has no preview source or the picture cannot be had."""
+        folder = self._folder(params)
+        atlas = self._atlas(folder)
+        feature = _int_param(params, "id", maximum=atlas.n_latents - 1)
+        source = source_for(atlas.meta, params["atlas"], atlas.n_latents)
+        if source is None:
+            raise SAEInputError(f"atlas {params['atlas']!r} has no preview source; set one with SAE Import Labels "
+                                f"(preview_source)")
+        return self.previews.path(folder, source, feature, block_of(atlas.meta) or "")
+
+    def labels_file(self, params: Mapping[str, str]) -> tuple[str, str, str]:
+        """(text, content type, file name) of the atlas's labels as JSON or CSV, for the sidebar's export links."""
+        folder = self._folder(params)
+        fmt = check_choice("format", params.get("format", "json"), EXPORT_FORMATS)
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", folder.name.removesuffix(".atlas"))[:80] or "atlas"
+        return export_labels(folder, fmt), EXPORT_FORMATS[fmt], f"{stem}.labels.{fmt}"
 
     def thumbnail(self, params: Mapping[str, str]) -> Path:
         folder = self._folder(params)

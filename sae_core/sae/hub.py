@@ -1,5 +1,6 @@
-"""Downloading SAEs from the Hugging Face Hub (whole repos or one subfolder), cache first. Loading what was
-downloaded is the formats' job (``load_sae_from_hub`` in :mod:`.formats`)."""
+"""Downloading from the Hugging Face Hub, cache first: SAEs (whole repos or one subfolder) and single files (label
+sets, feature preview images). Loading what was downloaded is the formats' and the atlas's job
+(``load_sae_from_hub`` in :mod:`.formats`, :mod:`..atlas.label_files`)."""
 from __future__ import annotations
 
 import re
@@ -15,6 +16,7 @@ KNOWN_REPOS = {
 }
 
 
+REPO_TYPES = ("model", "dataset")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -72,3 +74,73 @@ def download_sae(
         raise SAEHubError(f"{repo_id} has no files under {subfolder!r} (downloaded to {root}); "
                           f"check the subfolder name")
     return folder
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (``HF_HUB_OFFLINE=1``, read when it was imported)."""
+    import huggingface_hub.constants
+
+    return bool(getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False))
+
+
+def download_file(
+    repo_id: str,
+    filename: str,
+    *,
+    repo_type: str = "model",
+    local_dir: str | Path | None = None,
+    revision: str | None = None,
+    offline: bool = False,
+    max_bytes: int | None = None,
+) -> Path:
+    """Download one file of a hub repo (or reuse it) and return its local path.
+
+    With ``local_dir`` the file lands at ``local_dir/filename`` (inside ComfyUI's models/sae), else in the Hugging
+    Face cache. Offline (``offline`` or ``HF_HUB_OFFLINE``) only what is already there is used. A file larger than
+    ``max_bytes`` is refused: before downloading when the hub says its size, and in any case before it is returned
+    (then it is deleted). A failure raises :class:`SAEHubError` whose ``unreachable`` is True when the hub could
+    not be asked at all (offline, no connection): then nothing about the file itself is known.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    repo_id = check_repo_id(repo_id)
+    filename = "/".join(relative_parts(filename, "hub file"))
+    if repo_type not in REPO_TYPES:
+        raise SAEInputError(f"hub repo type {shown(repo_type)} is not valid; valid: {', '.join(REPO_TYPES)}")
+    offline = offline or hub_offline()
+    where = f"in {local_dir}" if local_dir is not None else "in the Hugging Face cache"
+    try:
+        local = Path(local_dir) / filename if local_dir is not None else None
+        if max_bytes is not None and not offline and not (local is not None and local.is_file()):
+            size = get_hf_file_metadata(hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision)).size
+            if size is not None and size > max_bytes:
+                raise SAEInputError(f"{repo_id}/{filename} has {size} bytes; at most {max_bytes} are allowed")
+        path = Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
+                                    local_dir=str(local_dir) if local_dir is not None else None,
+                                    local_files_only=offline))
+    except SAEInputError:
+        raise
+    except Exception as exc:  # offline and not cached, no connection, no such repo or file
+        unreachable = offline or _unreachable(exc)
+        reason = "offline" if offline else f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        error = SAEHubError(f"could not get {filename} from the {repo_type} repo {repo_id} on the Hugging Face Hub "
+                            f"({reason}) and it is not {where}. Connect to the internet once, or put the file "
+                            f"there by hand.")
+        error.unreachable = unreachable
+        raise error from None
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        size = path.stat().st_size
+        if local_dir is not None:
+            path.unlink(missing_ok=True)
+        raise SAEInputError(f"{repo_id}/{filename} has {size} bytes; at most {max_bytes} are allowed")
+    return path
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Whether a download failed because the hub could not be asked (not because it answered "no such file").
+    Judged by class names, so that it holds across huggingface_hub versions and their HTTP clients."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "HfHubHTTPError" in names:  # the hub answered (404, 401...)
+        return False
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectError",
+                         "TimeoutError", "Timeout", "TimeoutException"})

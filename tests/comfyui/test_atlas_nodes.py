@@ -1,5 +1,9 @@
-"""SAE Build Atlas on real sampling runs of the tiny SDXL model: a planted feature's examples and heatmaps."""
+"""SAE Build Atlas on real sampling runs of the tiny SDXL model: a planted feature's examples and heatmaps; SAE Import
+Labels from ComfyUI's input folder and from a hub repo cached in models/sae."""
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +15,9 @@ from tiny_models import build_unet, build_vae, random_conditioning, sample
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder, load_sae, save_sae  # noqa: E402
 from sae_lab_pack.sae_core.atlas.feature_atlas import FeatureAtlas  # noqa: E402
-from sae_lab_pack.nodes.atlas import SAEBuildAtlas  # noqa: E402
+from sae_lab_pack.nodes.atlas import SAEBuildAtlas, SAEImportLabels  # noqa: E402
+from sae_lab_pack.sae_core.atlas.feature_atlas import update_label  # noqa: E402
+from sae_lab_pack.sae_core.atlas.label_import import export_labels  # noqa: E402
 from sae_lab_pack.nodes.observe import SAERecordActivations  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
 
@@ -103,3 +109,77 @@ def test_build_atlas_errors(sdxl, vae, sae_models_dir):
     _, empty = SAERecordActivations.execute(sdxl, sae, "").result
     with pytest.raises(ValueError, match="SAE Build Atlas: nothing has been recorded"):
         SAEBuildAtlas.execute(empty, sae, image)
+
+
+# ---------------------------------------------------------------- SAE Import Labels
+def _input_file(name: str, text: str) -> str:
+    """A file in ComfyUI's input folder (the only place the node reads label files from)."""
+    import folder_paths
+
+    os.makedirs(folder_paths.get_input_directory(), exist_ok=True)
+    with open(os.path.join(folder_paths.get_input_directory(), name), "w") as handle:
+        handle.write(text)
+    return name
+
+
+def test_import_labels_from_the_input_folder_then_the_users_label_wins(sae_models_dir):
+    save_sae(tiny_sae(), sae_models_dir / "tiny.safetensors")
+    sae = load_sae(sae_models_dir / "tiny.safetensors")
+    rows = [{"id": 7, "label": "office organization supplies", "category": "object", "confidence": "high",
+             "meanActivation": 19.95}, {"id": PLANTED, "label": "red paint", "category": "color", "confidence": "low"}]
+    name = _input_file("import_test_down.2.1.json", json.dumps(rows))
+    summary = SAEImportLabels.execute(sae, labels_file="import_test_{block}.json").result[0]
+    assert summary.startswith("tiny.atlas: new atlas") and "2 labels imported from file " + name in summary
+    atlas = FeatureAtlas.load(sae_models_dir / "tiny.atlas")
+    assert atlas.next_id == 0 and atlas.label(7).text == "office organization supplies"
+    assert atlas.imported[7].source == f"file {name}"
+    # the user's label wins; importing again keeps it and says so
+    update_label(sae_models_dir / "tiny.atlas", 7, "stationery")
+    summary = SAEImportLabels.execute(sae, labels_file=name).result[0]
+    assert "1 stay behind labels you wrote" in summary
+    assert json.loads(export_labels(sae_models_dir / "tiny.atlas", "json"))[0]["label"] == "stationery"
+    # CSV, replacing the earlier imported labels
+    csv_name = _input_file("import_test.csv", "id,label,category\n3,fur,object\n")
+    SAEImportLabels.execute(sae, labels_file=csv_name, replace_imported=True)
+    atlas = FeatureAtlas.load(sae_models_dir / "tiny.atlas")
+    assert {f: x.text for f, x in atlas.shown_labels().items()} == {3: "fur", 7: "stationery"}
+
+
+def test_import_labels_from_a_hub_repo_cached_in_models_sae(sae_models_dir, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    local = sae_models_dir / "someone__sdxl-labels"
+    local.mkdir()
+    (local / "down.2.1.json").write_text(json.dumps([{"id": 5, "label": "cartoon", "category": "composition"}]))
+    save_sae(tiny_sae(), sae_models_dir / "tiny.safetensors")
+    sae = load_sae(sae_models_dir / "tiny.safetensors")
+    summary = SAEImportLabels.execute(sae, hub_repo="someone/sdxl-labels", hub_path="{block}.json",
+                                      preview_source="dataset:someone/pics/{block}/{feature}.jpg").result[0]
+    assert "1 labels imported from hub someone/sdxl-labels/down.2.1.json" in summary
+    assert "previews: dataset:someone/pics/{block}/{feature}.jpg" in summary
+    assert FeatureAtlas.load(sae_models_dir / "tiny.atlas").label(5).category == "composition"
+    with pytest.raises(ValueError, match="SAE Import Labels: could not get up.0.0.json .* \\(offline\\)") as info:
+        SAEImportLabels.execute(sae, hub_repo="someone/sdxl-labels", hub_path="up.0.0.json")
+    assert str(sae_models_dir) not in str(info.value)  # the server's own paths are never shown
+
+
+def test_import_labels_errors_name_the_node(sae_models_dir):
+    save_sae(tiny_sae(), sae_models_dir / "tiny.safetensors")
+    sae = load_sae(sae_models_dir / "tiny.safetensors")
+    too_big = _input_file("import_test_ids.json", json.dumps([{"id": 256, "label": "x"}]))
+    broken = _input_file("import_test_broken.json", "[{")
+    for inputs, message in [
+        ({"labels_file": too_big}, "id 256 exceeds the SAE's 256 features"),
+        ({"labels_file": broken}, "is not valid JSON"),
+        ({"labels_file": "missing.json"}, "is not a file in ComfyUI's input folder"),
+        ({"labels_file": "../../etc/passwd"}, "not a valid file name"),
+        ({"labels_file": too_big, "hub_repo": "a/b"}, "labels_file or hub_repo, not both"),
+        ({"hub_repo": "a/b"}, "hub_path is empty"),
+        ({"hub_repo_type": "space"}, "hub_repo_type 'space' is not valid"),
+        ({"preview_source": "x/y"}, "must be \\[dataset:\\]owner/name/path"),
+        ({"atlas_name": "../x"}, "must be a plain name"),
+    ]:
+        with pytest.raises(ValueError, match=f"^SAE Import Labels: .*{message}"):
+            SAEImportLabels.execute(sae, **inputs)
+    assert not (sae_models_dir / "tiny.atlas").exists()

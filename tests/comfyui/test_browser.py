@@ -20,8 +20,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no chromium executable (apt-get install chromium) for the browser test", allow_module_level=True)
 
-from sae_core import SparseCode  # noqa: E402
+from checkpoint_writers import write_unbox  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sae_core import SparseCode, load_sae  # noqa: E402
 from sae_core.atlas.feature_atlas import Example, FeatureAtlas  # noqa: E402
+from sae_core.atlas.label_import import import_label_file  # noqa: E402
 
 WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -48,7 +52,7 @@ def build_atlas(folder) -> None:
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("browser_base")
     build_atlas(base / "models" / "sae" / "tiny.atlas")
-    with ComfyServer(base) as running:
+    with ComfyServer(base, env={"HF_HUB_OFFLINE": "1"}) as running:  # previews come from the cache only
         yield running
 
 
@@ -150,6 +154,110 @@ def test_top_features_show_their_table_and_link_into_the_atlas(page):
     page.wait_for_function("() => document.querySelector('.sae-lab-panel h3')?.textContent.startsWith('Feature #11')")
     assert page.evaluate("() => app.extensionManager.sidebarTab.activeSidebarTabId") == "sae-lab-atlas"
     assert node_id is not None
+
+
+PAPER_RUN = "unet.down_blocks.2.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001/final"
+PAPER_ATLAS = f"surokpro2__sdxl-saes/{PAPER_RUN}.atlas"
+CARTOON, TIGER, EVIL = 4998, 4977, 2301
+PREVIEW_COLORS = {CARTOON: (230, 40, 200), TIGER: (40, 200, 60)}  # downloaded already; EVIL is not
+
+
+def paper_sae_with_labels_and_previews(models):
+    """The paper's down.2.1 SAE where Load SAE puts it, labels imported from a public-style JSON file, and two of its
+    published previews already in the cache beside it (the server runs offline)."""
+    repo = models / "sae" / "surokpro2__sdxl-saes"
+    write_unbox(repo, hook="unet.down_blocks.2.attentions.1", d=16, n=5120, k=4)
+    rows = [{"id": CARTOON, "label": "cartoon", "category": "composition", "confidence": "high", "meanActivation": 3.1},
+            {"id": TIGER, "label": "tiger stripes", "category": "object", "confidence": "medium"},
+            {"id": EVIL, "label": "evil face", "category": "mood", "confidence": "low"}]
+    rows += [{"id": f, "label": f"office supplies {f}", "category": "object", "confidence": "high"}
+             for f in range(0, 5120, 97)]
+    labels = models.parent / "down.2.1.json"
+    labels.write_text(json.dumps(rows))
+    import_label_file(repo / f"{PAPER_RUN}.atlas", load_sae(repo / PAPER_RUN), labels)
+    for feature, color in PREVIEW_COLORS.items():
+        target = repo / f"{PAPER_RUN}.atlas" / "previews" / "down.2.1" / f"{feature}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 96), color).save(target, quality=95)
+
+
+def _image_center(page, selector):
+    page.wait_for_function(f"() => document.querySelector('{selector}')?.complete && "
+                           f"document.querySelector('{selector}').naturalWidth > 0", timeout=30_000)
+    return page.evaluate(f"""() => {{
+        const img = document.querySelector('{selector}');
+        const c = document.createElement("canvas");
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const ctx = c.getContext("2d");
+        ctx.drawImage(img, 0, 0);
+        return Array.from(ctx.getImageData(c.width / 2, c.height / 2, 1, 1).data).slice(0, 3);
+    }}""")
+
+
+def test_imported_labels_and_cached_previews_show_in_the_sidebar(server, page):
+    paper_sae_with_labels_and_previews(server.base / "models")
+    names = [a["name"] for a in server.get("/sae_lab/atlas/list")["atlases"]]
+    assert PAPER_ATLAS in names
+    # open the sidebar afresh (it lists the atlases when it opens) and pick the paper SAE's atlas
+    page.evaluate("() => app.extensionManager.sidebarTab.activeSidebarTabId === 'sae-lab-atlas' && "
+                  "app.extensionManager.sidebarTab.toggleSidebarTab('sae-lab-atlas')")
+    page.wait_for_selector(".sae-lab-panel", state="detached")
+    page.evaluate("() => app.extensionManager.sidebarTab.toggleSidebarTab('sae-lab-atlas')")
+    page.wait_for_selector(f"[data-testid=sae-atlas-select] option[value='{PAPER_ATLAS}']", state="attached")
+    page.fill("[data-testid=sae-atlas-search]", "")  # an earlier search stays applied when the panel reopens
+    page.select_option("[data-testid=sae-atlas-select]", PAPER_ATLAS)
+    page.wait_for_function("() => document.querySelector('.sae-lab-panel .sae-stats')?.textContent"
+                           ".startsWith('5120 features')")  # every feature has a published preview
+    stats = page.locator(".sae-lab-panel .sae-stats").first.text_content()
+    assert f"{3 + len(range(0, 5120, 97))} labelled" in stats and "surokpro2/sdxl_sae_images" in stats
+    cards = ".sae-grid [data-testid^=sae-feature-]"
+    page.wait_for_function(f"() => document.querySelectorAll('{cards}').length > 0")
+    first_page = page.locator(cards).count()
+    assert 0 < first_page < 5120
+    page.click("[data-testid=sae-more]")  # the next page is appended
+    page.wait_for_function(f"() => document.querySelectorAll('{cards}').length === {2 * first_page}")
+
+    # search by label: the imported label, its category and its cached preview (checked by its pixels)
+    page.fill("[data-testid=sae-atlas-search]", "cartoon")
+    page.wait_for_function("() => document.querySelectorAll('.sae-grid [data-testid^=sae-feature-]').length === 1")
+    card = page.locator(f"[data-testid=sae-feature-{CARTOON}]")
+    assert "cartoon" in card.text_content() and "composition" in card.text_content()
+    assert _image_center(page, f"[data-testid=sae-preview-{CARTOON}]") == pytest.approx(
+        list(PREVIEW_COLORS[CARTOON]), abs=12)
+    # search by category, and by id
+    page.fill("[data-testid=sae-atlas-search]", "mood")
+    page.wait_for_selector(f"[data-testid=sae-feature-{EVIL}]")
+    # offline and not downloaded: a placeholder that says so
+    placeholder = page.wait_for_selector(f"[data-testid=sae-placeholder-{EVIL}]")
+    assert "Offline" in placeholder.text_content()
+    page.fill("[data-testid=sae-atlas-search]", f"#{TIGER}")
+    page.wait_for_function("() => document.querySelectorAll('.sae-grid [data-testid^=sae-feature-]').length === 1")
+    assert _image_center(page, f"[data-testid=sae-preview-{TIGER}]") == pytest.approx(
+        list(PREVIEW_COLORS[TIGER]), abs=12)
+
+    # the detail view: label, category, confidence and source, the large preview
+    page.click(f"[data-testid=sae-feature-{TIGER}]")
+    page.wait_for_selector("[data-testid=sae-label-info]")
+    info = page.locator("[data-testid=sae-label-info]").text_content()
+    assert "object" in info and "medium confidence" in info and "imported from file down.2.1.json" in info
+    assert page.locator("[data-testid=sae-label-input]").input_value() == "tiger stripes"
+    assert "No run recorded" in page.locator(".sae-lab-panel").text_content()
+    # a label written here wins over the imported one, which stays visible behind it
+    page.fill("[data-testid=sae-label-input]", "orange stripes")
+    page.click("[data-testid=sae-label-save]")
+    page.wait_for_function("() => document.querySelector('[data-testid=sae-message]').textContent.includes('Saved')")
+    detail = server.get(f"/sae_lab/atlas/feature?atlas={PAPER_ATLAS}&id={TIGER}")
+    assert detail["label"] == "orange stripes" and detail["label_info"]["imported"]["text"] == "tiger stripes"
+    exported = json.loads(urlopen_text(server, f"/sae_lab/atlas/labels?atlas={PAPER_ATLAS}&format=json"))
+    assert {r["id"]: r["label"] for r in exported}[TIGER] == "orange stripes"
+    assert page.errors == []
+
+
+def urlopen_text(server, path: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + path, timeout=30) as response:
+        return response.read().decode()
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])

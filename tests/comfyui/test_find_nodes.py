@@ -1,4 +1,5 @@
-"""SAE Find Features on a concept profile recorded with ComfyUI's sampler (tiny SDXL model), then steering."""
+"""SAE Find Features on a concept profile recorded with ComfyUI's sampler (tiny SDXL model), then steering; and by
+the labels of the SAE's atlas (no generation), its ids steering the same way."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,9 @@ import comfy_harness  # noqa: I001  (first: skips without COMFYUI_PATH, sets up 
 from tiny_models import BlockProbe, TinyTextEncoder, build_unet, encode, sample
 
 pack = comfy_harness.load_pack()
-from sae_lab_pack.sae_core import SparseAutoencoder  # noqa: E402
+from sae_lab_pack.sae_core import SparseAutoencoder, load_sae, save_sae  # noqa: E402
+from sae_lab_pack.sae_core.atlas.label_import import import_labels  # noqa: E402
+from sae_lab_pack.sae_core.atlas.labels import ImportedLabel  # noqa: E402
 from sae_lab_pack.sae_core.observe.concept_profile import ConceptProfile  # noqa: E402
 from sae_lab_pack.nodes.find import SAEFindFeatures  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
@@ -66,3 +69,52 @@ def test_find_features_errors(setup):
                           "down_blocks.2.attentions.1", "flat")
     with pytest.raises(ValueError, match="no feature fires more for the target prompts of concept 'flat'"):
         SAEFindFeatures.execute(flat, sae)
+
+
+# ---------------------------------------------------------------- labels mode
+LABELS = {40: ("tiger stripes", "object", "high"), 41: ("cartoon style", "composition", "high"),
+          42: ("tiger fur", "object", "medium"), 43: ("zebra stripes", "object", "low"),
+          44: ("a cartoon tiger", "character", "high"), 45: ("office supplies", "object", "high")}
+
+
+def labelled_sae(sae, folder):
+    save_sae(sae, folder / "t.safetensors")
+    loaded = load_sae(folder / "t.safetensors")
+    import_labels(folder / "t.atlas", loaded, {f: ImportedLabel(t, c, conf, None, "planted")
+                                               for f, (t, c, conf) in LABELS.items()}, "planted")
+    return loaded
+
+
+def test_labels_mode_ranks_by_labels_and_its_ids_steer(setup, sae_models_dir):
+    model, sae, _ = setup
+    sae = labelled_sae(sae, sae_models_dir)
+    ids, table, chart = SAEFindFeatures.execute(None, sae, top_n=3, mode="labels", query="tiger stripes").result
+    found = [int(i) for i in ids.split(", ")]
+    # "tiger stripes" as a phrase, then whole words (high confidence before medium), never the unrelated labels
+    assert found == [40, 44, 42]
+    assert "tiger stripes (object, high)" in table and chart.shape[0] == 1 and chart.std() > 0
+    assert SAEFindFeatures.execute(None, sae, top_n=5, mode="labels", query="cartoon").result[0] == "41, 44"
+    # the ids connect to SAE Feature Steer: exactly those features fire more
+    without = block_code(model, sae, "garden")
+    after = block_code(SAEFeatureSteer.execute(model, sae, ids, "add", 5.0).result[0], sae, "garden")
+    assert (after[found] > without[found]).all()
+    # the concept input is not needed in labels mode, and the node shows the links into the atlas
+    ui = SAEFindFeatures.execute(sae=sae, mode="labels", query="office").ui
+    assert list(ui["sae_lab_features"]) == [45] and list(ui["sae_lab_atlas"]) == ["t.atlas"]
+
+
+def test_labels_mode_errors(setup, sae_models_dir):
+    model, sae, concept = setup
+    with pytest.raises(ValueError, match="SAE Find Features: this SAE has no atlas with labels beside it"):
+        SAEFindFeatures.execute(None, sae, mode="labels", query="tiger")
+    labelled = labelled_sae(sae, sae_models_dir)
+    for inputs, message in [({"query": "submarine"}, "no label of this SAE's 6 labelled features matches"),
+                            ({"query": ""}, "the query has no words"),
+                            ({"query": "x" * 500}, "query has 500 characters"),
+                            ({"query": "a\nb"}, "query must be a single line")]:
+        with pytest.raises(ValueError, match=f"SAE Find Features: {message}"):
+            SAEFindFeatures.execute(None, labelled, mode="labels", **inputs)
+    with pytest.raises(ValueError, match="SAE Find Features: mode concept needs a concept profile"):
+        SAEFindFeatures.execute(None, labelled)
+    with pytest.raises(ValueError, match="SAE Find Features: mode 'text' is not valid"):
+        SAEFindFeatures.execute(concept, labelled, mode="text")

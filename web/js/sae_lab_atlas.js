@@ -1,13 +1,15 @@
 // SAE Lab feature browser: a sidebar panel over the feature atlases saved beside the SAEs in models/sae.
-// Browse features as a grid of their top examples, search by id or label, sort, open a feature to see its
-// top examples with heatmaps, edit its label, and send it to the selected "SAE Feature Steer" node.
+// Browse features as a grid of their published previews or top examples, search labels, categories and ids, sort,
+// open a feature to see its preview, labels and top examples with heatmaps, edit its label (yours wins over an
+// imported one), export the labels, and send the feature to the selected "SAE Feature Steer" node.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const TAB_ID = "sae-lab-atlas";
 const ROUTE = "/sae_lab/atlas";
 const STEER_NODE = "SAEFeatureSteer";
-const state = { atlas: "", query: "", sort: "firing_rate", detail: null, root: null, message: "" };
+const PAGE = 120;
+const state = { atlas: "", query: "", sort: "firing_rate", detail: null, root: null, message: "", shown: 0, seq: 0 };
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -32,6 +34,27 @@ async function getJSON(path, params = {}) {
 
 function thumbnailUrl(generation) {
   return api.apiURL(`${ROUTE}/thumbnail?${new URLSearchParams({ atlas: state.atlas, gen: generation })}`);
+}
+
+function previewUrl(id) {
+  return api.apiURL(`${ROUTE}/preview?${new URLSearchParams({ atlas: state.atlas, id })}`);
+}
+
+function exportUrl(format) {
+  return api.apiURL(`${ROUTE}/labels?${new URLSearchParams({ atlas: state.atlas, format })}`);
+}
+
+// A feature's published picture (downloaded by the server on first view); a placeholder saying why when there is
+// none: offline and not downloaded yet, or not published.
+function previewImage(id, preview, large = false) {
+  const img = h("img", { src: previewUrl(id), loading: "lazy", alt: `preview of feature ${id}`,
+                         class: large ? "sae-preview sae-preview-large" : "sae-preview", testid: `sae-preview-${id}` });
+  img.addEventListener("error", () => {
+    img.replaceWith(h("div", { class: large ? "sae-noimg sae-placeholder sae-preview-large" : "sae-noimg sae-placeholder",
+                               testid: `sae-placeholder-${id}` },
+      preview.online ? "No preview published" : "Offline: preview not downloaded yet"));
+  }, { once: true });
+  return img;
 }
 
 // The same colouring as sae_core.render.overlay_heatmap: jet colours, 10 bins, lowest bin transparent.
@@ -114,21 +137,35 @@ async function saveLabel(id, text) {
   });
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || response.statusText);
-  setMessage(data.label ? `Saved label "${data.label}" for feature ${id}.` : `Cleared the label of feature ${id}.`);
+  setMessage(data.label ? `Saved label "${data.label}" for feature ${id}.`
+    : `Cleared your label of feature ${id} (an imported label, if any, shows again).`);
+}
+
+function labelLine(info) {
+  if (!info) return null;
+  const parts = [info.category, info.confidence && `${info.confidence} confidence`,
+                 info.source === "user" ? "your label" : `imported from ${info.source}`].filter(Boolean);
+  return h("div", { class: "sae-stats", testid: "sae-label-info" }, parts.join(" · "),
+    info.imported ? h("div", {}, `Imported label: "${info.imported.text}" (${info.imported.source}); clear yours to ` +
+                                 "show it again") : null);
 }
 
 function renderDetail(panel, feature) {
   const labelInput = h("input", { type: "text", value: feature.label, maxlength: "120", testid: "sae-label-input",
                                   placeholder: "Name this feature" });
+  const stats = feature.recorded
+    ? `fires at ${(100 * feature.firing_rate).toFixed(3)}% of positions · mean activation when active ` +
+      feature.mean_activation.toFixed(3)
+    : "No run recorded in this atlas yet: SAE Build Atlas adds examples and statistics.";
   panel.replaceChildren(
     h("div", { class: "sae-row" },
       h("button", { class: "sae-button", onclick: () => { state.detail = null; refresh(); } }, "← All features"),
       h("button", { class: "sae-button sae-primary", testid: "sae-use-feature", onclick: () => useFeature(feature.id) },
         `Use #${feature.id} in selected SAE Feature Steer`)),
     h("h3", {}, `Feature #${feature.id}`, feature.label ? ` — ${feature.label}` : ""),
-    h("div", { class: "sae-stats" },
-      `fires at ${(100 * feature.firing_rate).toFixed(3)}% of positions · mean activation when active ` +
-      feature.mean_activation.toFixed(3)),
+    labelLine(feature.label_info),
+    feature.preview ? previewImage(feature.id, feature.preview, true) : null,
+    h("div", { class: "sae-stats" }, stats),
     h("div", { class: "sae-row" }, labelInput,
       h("button", { class: "sae-button", testid: "sae-label-save", onclick: async () => {
         try { await saveLabel(feature.id, labelInput.value); } catch (err) { setMessage(err.message); }
@@ -141,36 +178,65 @@ function renderDetail(panel, feature) {
   );
 }
 
-function featureCard(row) {
-  return h("button", { class: "sae-card", testid: `sae-feature-${row.id}`, title: row.label || `feature ${row.id}`,
+function featureCard(row, preview) {
+  const picture = preview ? previewImage(row.id, preview)
+    : row.top_generation >= 0 ? h("img", { src: thumbnailUrl(row.top_generation), loading: "lazy", alt: "" })
+                              : h("div", { class: "sae-noimg" });
+  return h("button", { class: "sae-card", testid: `sae-feature-${row.id}`,
+                       title: [row.label || `feature ${row.id}`, row.category].filter(Boolean).join(" · "),
                        onclick: () => openFeature(state.atlas, row.id) },
-    row.top_generation >= 0 ? h("img", { src: thumbnailUrl(row.top_generation), loading: "lazy", alt: "" })
-                            : h("div", { class: "sae-noimg" }),
+    picture,
     h("div", { class: "sae-card-id" }, `#${row.id}`),
     h("div", { class: "sae-card-label" }, row.label || " "),
-    h("div", { class: "sae-card-rate" }, `${(100 * row.firing_rate).toFixed(2)}%`));
+    h("div", { class: "sae-card-rate" }, row.category || `${(100 * row.firing_rate).toFixed(2)}%`));
 }
 
+async function showMore(grid, more, preview) {
+  const seq = state.seq;
+  const data = await getJSON("features", { atlas: state.atlas, q: state.query, sort: state.sort, limit: PAGE,
+                                           offset: state.shown });
+  if (seq !== state.seq) return; // the grid was replaced meanwhile
+  grid.append(...data.features.map((row) => featureCard(row, preview)));
+  state.shown += data.features.length;
+  more.hidden = state.shown >= data.total;
+}
+
+// Typing in the search box starts a request per key: only the answer to the latest one is shown.
 async function refresh() {
   const panel = state.root?.querySelector(".sae-content");
   if (!panel) return;
+  const seq = ++state.seq;
+  const current = () => seq === state.seq;
   if (!state.atlas) {
-    panel.replaceChildren(h("p", {}, "No feature atlas yet. Build one with the SAE Build Atlas node (or "),
-      h("code", {}, "python -m sae_core atlas"), h("p", {}, ") and it appears here."));
+    panel.replaceChildren(h("p", {}, "No feature atlas yet. Import a label set with the SAE Import Labels node "
+      + "(or "), h("code", {}, "python -m sae_core labels import"), h("p", {}, "), or build one from your runs "
+      + "with SAE Build Atlas, and it appears here."));
     return;
   }
   try {
     if (state.detail !== null) {
-      renderDetail(panel, await getJSON("feature", { atlas: state.atlas, id: state.detail }));
+      const feature = await getJSON("feature", { atlas: state.atlas, id: state.detail });
+      if (current()) renderDetail(panel, feature);
       return;
     }
-    const data = await getJSON("features", { atlas: state.atlas, q: state.query, sort: state.sort, limit: 300 });
+    const data = await getJSON("features", { atlas: state.atlas, q: state.query, sort: state.sort, limit: PAGE });
+    if (!current()) return;
+    const grid = h("div", { class: "sae-grid" }, data.features.map((row) => featureCard(row, data.preview)));
+    state.shown = data.features.length;
+    const more = h("button", { class: "sae-button", testid: "sae-more", onclick: () =>
+      showMore(grid, more, data.preview).catch((err) => setMessage(err.message)) }, "Show more");
+    more.hidden = state.shown >= data.total;
     panel.replaceChildren(
-      h("div", { class: "sae-stats" }, `${data.total} features · ${data.generations_seen} generations seen`),
+      h("div", { class: "sae-stats" }, `${data.total} features · ${data.labelled} labelled · ` +
+        `${data.generations_seen} generations seen`,
+        data.preview ? ` · previews from ${data.preview.source}` : "",
+        data.labelled ? h("span", {}, " · export labels: ",
+          h("a", { href: exportUrl("json"), download: "", testid: "sae-export-json" }, "JSON"), " ",
+          h("a", { href: exportUrl("csv"), download: "", testid: "sae-export-csv" }, "CSV")) : null),
       h("div", { class: "sae-message", testid: "sae-message" }, state.message),
-      h("div", { class: "sae-grid" }, data.features.map(featureCard)));
+      grid, more);
   } catch (err) {
-    panel.replaceChildren(h("p", { class: "sae-error" }, err.message));
+    if (current()) panel.replaceChildren(h("p", { class: "sae-error" }, err.message));
   }
 }
 
@@ -192,11 +258,14 @@ async function renderPanel(root) {
   root.classList.add("sae-lab-panel");
   const atlasSelect = h("select", { class: "sae-atlas", testid: "sae-atlas-select", onchange: (e) => {
     state.atlas = e.target.value; state.detail = null; refresh(); } });
-  const search = h("input", { type: "search", placeholder: "Search id or label", testid: "sae-atlas-search",
+  const search = h("input", { type: "search", placeholder: "Search labels, categories or #id",
+                              testid: "sae-atlas-search",
                               oninput: (e) => { state.query = e.target.value; state.detail = null; refresh(); } });
+  search.value = state.query; // the panel is rebuilt each time it opens: show the filter still applied
   const sort = h("select", { testid: "sae-atlas-sort", onchange: (e) => { state.sort = e.target.value; refresh(); } },
     h("option", { value: "firing_rate" }, "Most frequent"), h("option", { value: "mean_activation" }, "Strongest"),
-    h("option", { value: "id" }, "By id"));
+    h("option", { value: "relevance" }, "Best match"), h("option", { value: "id" }, "By id"));
+  sort.value = state.sort;
   root.replaceChildren(h("div", { class: "sae-header" }, h("h2", {}, "SAE feature atlas"), atlasSelect,
     h("div", { class: "sae-row" }, search, sort)), h("div", { class: "sae-content" }));
   try {
@@ -223,6 +292,10 @@ const STYLE = `
 .sae-card { background: var(--comfy-menu-bg); border: 1px solid var(--border-color); border-radius: 6px;
   padding: 4px; color: var(--fg-color); cursor: pointer; text-align: left; }
 .sae-card img, .sae-noimg { width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 4px; background: #333; }
+.sae-placeholder { display: flex; align-items: center; justify-content: center; text-align: center; font-size: 0.7rem;
+  opacity: 0.8; padding: 4px; box-sizing: border-box; border: 1px dashed var(--border-color); }
+.sae-preview-large { width: 100%; max-width: 320px; aspect-ratio: auto; border-radius: 6px; }
+.sae-lab-panel a { color: var(--p-primary-color, #6ea8fe); }
 .sae-card-id { font-weight: bold; font-size: 0.85rem; }
 .sae-card-label, .sae-card-rate { font-size: 0.75rem; opacity: 0.8; white-space: nowrap; overflow: hidden; }
 .sae-button { background: var(--comfy-input-bg); color: var(--fg-color); border: 1px solid var(--border-color);
