@@ -5,6 +5,9 @@
   collection and read by training; ``output/sae_runs``: training checkpoints and logs. Each folder type also
   takes the paths ``extra_model_paths.yaml`` gives it (the way to use another location: never a path typed in a
   widget).
+- ``models/sae_classifiers``: image classifiers for the unlearning scores (a checkpoint + its JSON of class names)
+  and the FID Inception weights; read only. ``clip_vision`` / ``text_encoders`` (ComfyUI's own folders): a CLIP
+  text projection is read from a file there, never from a path typed in a widget.
 - ComfyUI's ``input`` folder: prompt files are read from there only.
 
 Every user-given name is resolved inside its folders by :func:`sae_core.validate.resolve_inside` (no absolute
@@ -24,8 +27,11 @@ from ..sae_core.validate import is_inside, resolve_inside
 SAE_FOLDER = "sae"
 CONCEPT_FOLDER = "sae_concepts"
 DATASET_FOLDER = "sae_datasets"
+CLASSIFIER_FOLDER = "sae_classifiers"
 RUNS_DIR = "sae_runs"
-SHOWN = {SAE_FOLDER: "models/sae", CONCEPT_FOLDER: "models/sae_concepts", DATASET_FOLDER: "output/sae_datasets"}
+SHOWN = {SAE_FOLDER: "models/sae", CONCEPT_FOLDER: "models/sae_concepts", DATASET_FOLDER: "output/sae_datasets",
+         CLASSIFIER_FOLDER: "models/sae_classifiers", "clip_vision": "models/clip_vision",
+         "text_encoders": "models/text_encoders"}
 
 
 def _register(name: str, default: str, extensions: set[str]) -> None:
@@ -42,7 +48,9 @@ def _register(name: str, default: str, extensions: set[str]) -> None:
 def _defaults() -> dict[str, tuple[str, set[str]]]:
     return {SAE_FOLDER: (os.path.join(folder_paths.models_dir, SAE_FOLDER), {".safetensors"}),
             CONCEPT_FOLDER: (os.path.join(folder_paths.models_dir, CONCEPT_FOLDER), {".safetensors"}),
-            DATASET_FOLDER: (os.path.join(folder_paths.get_output_directory(), DATASET_FOLDER), set())}
+            DATASET_FOLDER: (os.path.join(folder_paths.get_output_directory(), DATASET_FOLDER), set()),
+            CLASSIFIER_FOLDER: (os.path.join(folder_paths.models_dir, CLASSIFIER_FOLDER),
+                                {".safetensors", ".pth", ".pt", ".bin"})}
 
 
 def register_folders() -> None:
@@ -89,6 +97,20 @@ def relative_name(kind: str, path: str | Path) -> str | None:
     return None
 
 
+def list_files(kind: str, extensions: tuple[str, ...]) -> list[str]:
+    """Names (relative, ``/``-separated) of the files with these extensions in every folder of ``kind``; files
+    reached through a link that leaves the folder are not listed."""
+    names: set[str] = set()
+    for root in roots(kind):
+        if Path(root).is_dir():
+            for path in Path(root).rglob("*"):
+                if path.suffix.lower() in extensions and path.is_file():
+                    rel = relative_name(kind, path)
+                    if rel is not None:
+                        names.add(rel)
+    return sorted(names)
+
+
 def input_file(name: object, what: str) -> Path:
     """A file the user put in ComfyUI's input folder (the only place user files are read from)."""
     path = resolve_inside(folder_paths.get_input_directory(), name, what, must_exist=False)
@@ -105,7 +127,7 @@ def runs_dir() -> Path:
 def scrub_paths(text: str) -> str:
     """``text`` with the server's absolute folders replaced by the names users see (``models/sae``, ``output``)."""
     known: list[tuple[str, str]] = []
-    for kind in (SAE_FOLDER, CONCEPT_FOLDER, DATASET_FOLDER):
+    for kind in (SAE_FOLDER, CONCEPT_FOLDER, DATASET_FOLDER, CLASSIFIER_FOLDER, "clip_vision", "text_encoders"):
         known += [(root, shown(kind)) for root in folder_paths.folder_names_and_paths.get(kind, ([], None))[0]]
     known += [(folder_paths.models_dir, "models"), (folder_paths.get_output_directory(), "output"),
               (folder_paths.get_input_directory(), "input"), (folder_paths.get_temp_directory(), "temp"),

@@ -124,6 +124,22 @@ def plan_batches(conditionings: list[Conditioning], batch_size: int) -> list[lis
     return sorted(batches + singles)
 
 
+def sample_batch(model, positives: list[Conditioning], negative: Conditioning, seeds: list[int],
+                 settings: SamplingSettings) -> torch.Tensor:
+    """One sampler call for prompts of one signature (see plan_batches), prompt i with the noise of seeds[i] (the
+    noise KSampler gives that seed for a batch of one); Cancel is honoured at every step. The denoised latent."""
+    s = settings
+    latent = torch.zeros(len(positives), 4, s.height // 8, s.width // 8)
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed % 2 ** 64) for seed in seeds])
+
+    def check_cancel(*_args):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    return comfy.sample.sample(model, noise, s.steps, s.cfg, s.sampler, s.scheduler, stack_conditionings(positives),
+                               negative, latent, denoise=1.0, callback=check_cancel, disable_pbar=True, seed=seeds[0])
+
+
 def record_profile(model, clip, sae, block: Block, target: list[str], other: list[str], *, name: str,
                    settings: SamplingSettings, label: str) -> ConceptProfile:
     """Sample every prompt (progress bar over prompts, Cancel honoured) and return the recorded profile."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COMFYUI = REPO.parent / "shared" / "comfyui"
-EXTRA_PACKAGES = ("pytest", "playwright", "diffusers")
+EXTRA_PACKAGES = ("pytest", "playwright", "diffusers", "torch-fidelity", "timm")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from PIL import Image
 
 import comfy_harness
 from checkpoint_writers import write_sparsify, write_unbox
+from devices import ON_CPU
 
 HERE = Path(__file__).resolve().parent
 UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -55,7 +56,8 @@ class ComfyServer:
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAE_LAB_TEST_HELPERS": str(HERE), **self.env}
-        command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        device = ["--cpu"] if ON_CPU else []  # SAE_LAB_DEVICE=cuda: ComfyUI picks the GPU as it does for users
+        command = [sys.executable, "main.py", *device, "--listen", "127.0.0.1", "--port", str(self.port),
                    "--base-directory", str(self.base), "--temp-directory", str(self.base), "--disable-auto-launch",
                    "--database-url", "sqlite:///:memory:"]
         self.log = open(self.log_path, "w")
@@ -175,7 +177,8 @@ FAMILY_PREFIXES = (("flux", "flux"), ("sd3", "sd3"), ("qwen_image", "qwen_image"
 DIT_FAMILIES = ("flux", "sd3", "qwen_image")
 LOADERS = {"CheckpointLoaderSimple": "SAELabTestTinyCheckpoint", "UNETLoader": "SAELabTestTinyDiffusionModel",
            "DualCLIPLoader": "SAELabTestTinyTextEncoder", "TripleCLIPLoader": "SAELabTestTinyTextEncoder",
-           "CLIPLoader": "SAELabTestTinyTextEncoder", "VAELoader": "SAELabTestTinyVAE"}
+           "CLIPLoader": "SAELabTestTinyTextEncoder", "VAELoader": "SAELabTestTinyVAE",
+           "CLIPVisionLoader": "SAELabTestTinyCLIPVision"}
 
 # Block stacks of the real models the workflows name (Flux.1: 19 double + 38 single blocks; SD3.5 medium: 24 joint
 # blocks; Qwen-Image: 60), of the tiny ones (tests/comfyui/tiny_dit.py) and the tiny models' widths.
@@ -190,6 +193,12 @@ DIT_SAE_LATENTS = 2048
 # seconds, and the tiny SD3 (pos_embed_max_size 32) takes at most 512 px.
 TINY_SIZE_DIVISOR = 4
 SIZED_NODES = {"EmptySD3LatentImage", "SAECollectActivations", "SAEConceptProfile"}
+# The unlearning sweep samples dozens of images: on the tiny models of every family its image size is divided too.
+SIZED_ON_EVERY_MODEL = {"SAEUnlearningSweep"}
+# What the "tune unlearning" workflow reads from models/: the full OpenAI CLIP ViT-L/14 file's text projection (here
+# mapping the tiny text encoder's pooled output to the tiny CLIP vision's embeddings).
+CLIP_PROJECTION_FILE = "openai_clip-vit-large-patch14.safetensors"
+TINY_CLIP_DIM, TINY_POOLED_DIM = 32, 1280  # tiny_models.TINY_CLIP_DIM and the tiny text encoder's pooled width
 _DIT_BLOCK = re.compile(r"^(?P<head>(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
                         r"(?P<kind>single_transformer_blocks|single_blocks|single|transformer_blocks|double_blocks|"
                         r"joint_blocks|double|joint|block)\.)(?P<index>\d+)$")
@@ -251,12 +260,24 @@ def place_dit_saes(models: Path) -> None:
         save_sae(sae, models / "sae" / filename)
 
 
+def place_clip_projection(models: Path) -> None:
+    """models/clip_vision/<CLIP_PROJECTION_FILE> with a text_projection.weight (tiny CLIP dim x pooled width)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = models / "clip_vision"
+    folder.mkdir(parents=True, exist_ok=True)
+    w = torch.randn(TINY_CLIP_DIM, TINY_POOLED_DIM, generator=torch.Generator().manual_seed(0)) / TINY_POOLED_DIM ** 0.5
+    save_file({"text_projection.weight": w, "logit_scale": torch.tensor(4.6052)}, str(folder / CLIP_PROJECTION_FILE))
+
+
 def workflow_server(base: Path) -> ComfyServer:
     """A server for running example workflows: hub and DiT SAEs pre-placed under ``base``, offline, object_info
     read. Torch runs on one thread unless OMP_NUM_THREADS says otherwise: the tiny models gain nothing from more,
     and on a busy machine (other test servers) competing threads make each step several times slower."""
     place_hub_saes(base / "models")
     place_dit_saes(base / "models")
+    place_clip_projection(base / "models")
     return ComfyServer(base, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
@@ -269,6 +290,9 @@ def tiny_prompt(workflow_path: Path, object_info: dict) -> dict:
         kind, inputs = node["class_type"], node["inputs"]
         if kind in LOADERS:
             node["class_type"], node["inputs"] = LOADERS[kind], {"family": family}
+        if kind in SIZED_ON_EVERY_MODEL:
+            for name in ("width", "height"):
+                inputs[name] = tiny_side(inputs[name])
         if family not in DIT_FAMILIES:
             continue
         if kind.startswith("SAE"):

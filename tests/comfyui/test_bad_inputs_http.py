@@ -36,7 +36,7 @@ DISPLAY = {"SAELoader": "Load SAE", "SAEFeatureSteer": "SAE Feature Steer", "SAE
            "SAEConceptProfile": "SAE Concept Profile", "SAEUnlearnConcept": "SAE Unlearn Concept",
            "SAESaveConcept": "SAE Save Concept", "SAELoadConcept": "SAE Load Concept",
            "SAEFindFeatures": "SAE Find Features", "SAECollectActivations": "SAE Collect Activations",
-           "SAETrain": "SAE Train", "SAESave": "SAE Save"}
+           "SAETrain": "SAE Train", "SAESave": "SAE Save", "SAEImportLabels": "SAE Import Labels"}
 
 
 def graph() -> dict:
@@ -79,7 +79,8 @@ def graph() -> dict:
         "21": node("PreviewImage", images=["20", 0]),
         "22": node("SAESaveConcept", concept=["17", 0], name="z", overwrite=True),
         "23": node("SAELoadConcept", concept_name="pre.safetensors", sae=["5", 0], block=""),
-        "24": node("SAEFindFeatures", concept=["23", 0], sae=["5", 0], top_n=3, direction="target"),
+        "24": node("SAEFindFeatures", concept=["23", 0], sae=["5", 0], top_n=3, direction="target", mode="concept",
+                   query=""),
         "25": node("SAECollectActivations", model=["1", 0], clip=["1", 1], prompts="a dog", blocks="up.1.1",
                    store="output", dataset_name="bad_ds", steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
                    base_seed=0, width=64, height=64, passes="positive", dtype="fp16", prompts_file="", negative="",
@@ -88,6 +89,8 @@ def graph() -> dict:
                    steps=3, learning_rate=0.001, init_seed=0, resume=False, block="", auxk=0, auxk_coef=0.03,
                    dead_tokens=1000, warmup=0.0, decay=0.0, b_dec_init="mean", log_every=1),
         "27": node("SAESave", sae=["26", 0], filename="bad_sae", overwrite=True),
+        "28": node("SAEImportLabels", sae=["5", 0], labels_file="labels.csv", hub_repo="", hub_path="",
+                   hub_repo_type="dataset", replace_imported=False, atlas_name="bad_labels", preview_source=""),
     }
 
 
@@ -132,6 +135,14 @@ ACCEPTED = {
     ("SAECollectActivations", "prompts_file", "empty"): "no prompt file",
     ("SAECollectActivations", "negative", "empty"): "no negative prompt",
     ("SAETrain", "block", "empty"): "the dataset's only block",
+    **{("SAEFindFeatures", "query", case): "free text, unused in mode concept"
+       for case in ("empty", "binary", "dotdot", "absolute", "urlencoded")},
+    ("SAEImportLabels", "labels_file", "empty"): "no file: the atlas and its preview setting only",
+    ("SAEImportLabels", "hub_repo", "empty"): "the labels come from labels_file",
+    **{("SAEImportLabels", "hub_path", case): "unused without hub_repo"
+       for case in ("empty", "huge", "binary", "nul", "dotdot", "absolute", "urlencoded")},
+    ("SAEImportLabels", "atlas_name", "empty"): "the atlas goes beside the SAE, inside models/sae",
+    ("SAEImportLabels", "preview_source", "empty"): "keeps the atlas's preview setting",
 }
 
 
@@ -169,6 +180,7 @@ def setup(tmp_path_factory):
     (base / "input").mkdir(parents=True)
     (base / "input" / "binary.txt").write_bytes(bytes(range(256)))
     os.symlink(outside / "secret.txt", base / "input" / "linked.txt")
+    (base / "input" / "labels.csv").write_text("id,label,category,confidence\n3,fur,object,high\n7,stripes,,low\n")
     os.symlink(outside, base / "models" / "sae" / "evil.atlas")  # a link out of models/sae
     (outside / "index.json").write_text(json.dumps({"version": 1, "n_latents": 4, "top_n": 1}))
     with ComfyServer(base, env={"HF_HUB_OFFLINE": "1"}) as server:
@@ -265,7 +277,7 @@ ATLAS_NAMES = ["../../outside.atlas", "/etc/passwd.atlas", "..%2F..%2Foutside.at
                "x" * 5000, "", "bad_atlas", "bad_atlas.atlas/../../x.atlas", "C:\\x.atlas"]
 
 
-@pytest.mark.parametrize("route", ["features", "feature", "thumbnail"])
+@pytest.mark.parametrize("route", ["features", "feature", "thumbnail", "preview", "labels"])
 def test_atlas_routes_refuse_bad_names_and_numbers(setup, route):
     server, top, base, outside = setup
     for name in ATLAS_NAMES:
@@ -292,3 +304,49 @@ def test_the_label_route_refuses_bad_bodies(setup):
         assert status in (400, 404, 413) and "error" in answer, (body[:60], status, answer)
     assert snapshot(outside) == {"secret.txt", "index.json"}
     assert get(server, "/sae_lab/atlas/list")[0] == 200
+
+
+PAPER_RUN = "surokpro2__sdxl-saes/unet.down_blocks.2.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001/final"
+
+
+def test_the_preview_and_labels_routes_refuse_bad_parameters(setup):
+    from sae_core.atlas.feature_atlas import FeatureAtlas
+
+    server, top, base, outside = setup
+    sae_dir = base / "models" / "sae"
+    atlas = f"{PAPER_RUN}.atlas"  # the paper's down.2.1 SAE (placed by place_hub_saes): it has published previews
+    FeatureAtlas(5120, meta={"name": "final", "hookpoint": "unet.down_blocks.2.attentions.1", "n_latents": 5120}) \
+        .save(sae_dir / atlas)
+    for query in ({"id": "5120"}, {"id": "-1"}, {"id": "nan"}, {"id": "1e309"}, {"id": "9" * 5000}, {"id": "../1"},
+                  {"id": ""}, {"id": "0x10"}):
+        status, answer = get(server, "/sae_lab/atlas/preview?" + urllib.parse.urlencode({"atlas": atlas, **query}))
+        assert status == 400 and "error" in answer and str(top) not in answer["error"], (query, answer)
+    # offline and not downloaded: a 404 saying so (the sidebar shows a placeholder), and nothing written
+    status, answer = get(server, "/sae_lab/atlas/preview?" + urllib.parse.urlencode({"atlas": atlas, "id": 7}))
+    assert status == 404 and "offline" in answer["error"] and str(top) not in answer["error"]
+    assert not (sae_dir / atlas / "previews").exists()
+    # a previews folder that links out of the atlas is not followed
+    import shutil
+
+    (outside / "down.2.1").mkdir()
+    (outside / "down.2.1" / "7.jpg").write_text("do not serve me")
+    os.symlink(outside, sae_dir / atlas / "previews")
+    try:
+        status, answer = get(server, "/sae_lab/atlas/preview?" + urllib.parse.urlencode({"atlas": atlas, "id": 7}))
+        assert status == 400 and "leads outside" in answer["error"] and "do not serve" not in json.dumps(answer)
+    finally:
+        (sae_dir / atlas / "previews").unlink()
+        shutil.rmtree(outside / "down.2.1")
+    # an atlas without a preview source
+    status, answer = get(server, "/sae_lab/atlas/preview?" + urllib.parse.urlencode({"atlas": "bad_atlas.atlas",
+                                                                                     "id": 1}))
+    assert status in (400, 404) and "error" in answer
+    for fmt in ("xml", "", "../../x", "x" * 5000, "json\x00"):
+        status, answer = get(server, "/sae_lab/atlas/labels?" + urllib.parse.urlencode({"atlas": atlas,
+                                                                                        "format": fmt}))
+        assert status == 400 and "format" in answer["error"], (fmt, answer)
+    with urllib.request.urlopen(server.url + "/sae_lab/atlas/labels?" + urllib.parse.urlencode(
+            {"atlas": atlas, "format": "csv"}), timeout=30) as response:
+        assert response.headers["Content-Disposition"] == 'attachment; filename="final.labels.csv"'
+        assert response.read().decode().splitlines() == ["id,label,category,confidence"]
+    assert snapshot(outside) == {"secret.txt", "index.json"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -147,3 +148,26 @@ def test_a_choice_not_offered_is_refused_by_the_server_or_the_node(server):
     else:
         with pytest.raises(AssertionError, match="SAE Feature Steer: mode 'boost' is not valid; valid: add, scale"):
             server.run(prompt)
+
+
+def test_tune_unlearning_workflow_sweeps_scores_and_picks_a_setting(server):
+    """The 'tune unlearning' example over HTTP: the sweep's grid is saved at its layout's size, and the scores node
+    reports a best setting that is one of the swept ones (the same run as above: ComfyUI serves it from its cache)."""
+    prompt = tiny_prompt(comfy_harness.REPO / "example_workflows" / "sd15_tune_unlearning.json", server.object_info)
+    sweep_id = next(k for k, v in prompt.items() if v["class_type"] == "SAEUnlearningSweep")
+    scores_id = next(k for k, v in prompt.items() if v["class_type"] == "SAEUnlearningScores")
+    save_id = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
+    sweep = prompt[sweep_id]["inputs"]
+    assert sweep["width"] == 128 and prompt[sweep_id]["inputs"]["classifier"][0] in prompt  # shrunk for tiny models
+    entry = server.run(prompt)
+    [grid] = saved_images(server, entry, save_id)
+    n_prompts, n_p, n_m = len(sweep["prompts"].splitlines()), len(sweep["percentiles"].split(",")), \
+        len(sweep["multipliers"].split(","))
+    cell = sweep["cell_size"]
+    assert grid.shape[1] == 96 + (1 + n_m) * (cell + 4) + 4  # label column, un-edited + one column per multiplier
+    assert grid.shape[0] == 30 + n_prompts * (22 + 18 + n_p * (cell + 4) + 4)
+    text = "\n".join(entry["outputs"][scores_id]["text"])
+    best = re.search(r"Van Gogh: percentile ([\d.]+), multiplier (-?[\d.]+)", text)
+    assert best, text[:500]
+    assert float(best[1]) in (99.99, 99.999) and float(best[2]) in (-1.0, -10.0, -30.0)
+    assert "UA %" in text and "IRA %" in text

@@ -145,3 +145,55 @@ class BlockProbe:
             return y
 
         self.model.add_object_patch(key, forward)
+
+
+# ---------------------------------------------------------------- tiny CLIP (vision + text) with ComfyUI's classes
+TINY_CLIP_DIM = 32  # the joint (projection) space of the tiny CLIP pair
+TINY_VISION_CONFIG = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 48,
+                      "image_size": 32, "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 96,
+                      "layer_norm_eps": 1e-05, "model_type": "clip_vision_model", "num_attention_heads": 2,
+                      "num_channels": 3, "num_hidden_layers": 2, "patch_size": 8, "projection_dim": TINY_CLIP_DIM,
+                      "torch_dtype": "float32"}
+TINY_TEXT_CONFIG = {"architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
+                    "eos_token_id": 49407, "hidden_act": "quick_gelu", "hidden_size": TINY_CLIP_DIM,
+                    "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 80,
+                    "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "model_type": "clip_text_model",
+                    "num_attention_heads": 2, "num_hidden_layers": 2, "pad_token_id": 1,
+                    "projection_dim": TINY_CLIP_DIM, "torch_dtype": "float32", "vocab_size": 49408}
+
+
+def build_clip_vision(seed: int = 0, projection_dim: int = TINY_CLIP_DIM):
+    """ComfyUI's ClipVisionModel (what Load CLIP Vision gives) at a tiny width: 32 px images, 32-d embeddings
+    (ComfyUI's CLIP text models project to their own width, as CLIP-L (768) and CLIP-G (1280) do)."""
+    import json
+    import tempfile
+
+    import comfy.clip_vision
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({**TINY_VISION_CONFIG, "projection_dim": projection_dim}, f)
+    vision = comfy.clip_vision.ClipVisionModel(f.name)
+    _init_weights(vision.model, seed)
+    return vision
+
+
+def build_clip_text(seed: int = 0, projected: bool = True):
+    """ComfyUI's CLIP (what a checkpoint loader gives) around a tiny CLIP-L text model with SD1.5's tokenizer.
+    ``projected``: its pooled output goes through its (random) text projection, as SDXL's CLIP-G does; otherwise
+    it is unprojected, as for SD1.5 checkpoints."""
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    class TextModel(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            super().__init__(device=device, dtype=dtype, model_options=model_options or {},
+                             textmodel_json_config=dict(TINY_TEXT_CONFIG), return_projected_pooled=projected)
+
+    class Encoder(comfy.sd1_clip.SD1ClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
+            super().__init__(device=device, dtype=dtype, model_options=model_options or {}, clip_model=TextModel)
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, Encoder)
+    clip = comfy.sd.CLIP(target=target)
+    _init_weights(clip.cond_stage_model, seed)
+    return clip

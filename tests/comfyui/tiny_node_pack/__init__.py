@@ -1,7 +1,8 @@
 """Test-only ComfyUI nodes: loaders of tiny models, standing in for real checkpoints that cannot be downloaded in
 tests. Example workflows are run with their loaders swapped for these nodes (server_harness.tiny_prompt):
 CheckpointLoaderSimple -> SAELabTestTinyCheckpoint, UNETLoader -> SAELabTestTinyDiffusionModel,
-DualCLIPLoader / TripleCLIPLoader / CLIPLoader -> SAELabTestTinyTextEncoder, VAELoader -> SAELabTestTinyVAE."""
+DualCLIPLoader / TripleCLIPLoader / CLIPLoader -> SAELabTestTinyTextEncoder, VAELoader -> SAELabTestTinyVAE,
+CLIPVisionLoader -> SAELabTestTinyCLIPVision."""
 import os
 import sys
 
@@ -91,5 +92,20 @@ class SAELabTestTinyVAE:
         return (tiny_vae(family),)
 
 
+class SAELabTestTinyCLIPVision:
+    """CLIPVisionLoader's stand-in: ComfyUI's ClipVisionModel at a tiny width (tiny_models.build_clip_vision)."""
+    CATEGORY = "SAE Lab/testing"
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _family_input()
+
+    def load(self, family):
+        return (tiny_models.build_clip_vision(),)
+
+
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (SAELabTestTinyCheckpoint, SAELabTestTinyDiffusionModel,
-                                                     SAELabTestTinyTextEncoder, SAELabTestTinyVAE)}
+                                                     SAELabTestTinyTextEncoder, SAELabTestTinyVAE,
+                                                     SAELabTestTinyCLIPVision)}
