@@ -23,8 +23,10 @@ it finished):
         [--only suites syncs ...] [--suites unit comfyui] [--compile-backend inductor] [--repeats 3]
 
 ``COMFYUI_PATH`` names the ComfyUI checkout (run with that ComfyUI's Python); without it the ComfyUI sections are
-skipped, saying so. ``--budget-min``: sections that would start past it are skipped (the suites and sdxl run
-first). Exit status 0 when every section that ran passed.
+skipped, saying so. ``--budget-min``: sections that would start past it are skipped, and so are compiled variants
+(each compile of the full U-Net takes a minute or more), each named in the report. On a machine whose commands are
+cut at 10 minutes, split the run: ``--only suites syncs``, then ``--only sdxl flux train``. Exit status 0 when every
+section that ran passed.
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ from comfy_setup import PAPER_BLOCKS, SDXL_UNET  # noqa: E402  (bench/ helpers: 
 SECTIONS = ("suites", "syncs", "sdxl", "flux", "train")
 # The ComfyUI tests that exercise the device: patches in the real sampler, DiT blocks, compile, core interplay
 COMFYUI_DEVICE_TESTS = ("test_steer_nodes.py", "test_record_nodes.py", "test_unlearn_nodes.py", "test_dit_nodes.py",
-                        "test_compile.py", "test_core_compat.py", "test_train_nodes.py", "test_find_nodes.py")
+                        "test_flux2.py", "test_compile.py", "test_core_compat.py", "test_train_nodes.py",
+                        "test_find_nodes.py")
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ def setup_comfyui(device: str):
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"
+    import comfy.model_management  # noqa: F401  (picks its device now, before comfy_setup asks for CPU mode)
     import comfy_setup
 
     pack = comfy_setup.setup_comfy()
@@ -260,7 +264,7 @@ def peak_memory(device: torch.device, into: dict, name: str):
 
 
 def _timed_variants(runs: dict[str, Callable[[], float]], repeats: int, device: torch.device,
-                    interleave: bool) -> dict[str, dict]:
+                    interleave: bool, deadline: float | None = None) -> dict[str, dict]:
     """{name: {"first": s, "times": [s...], "memory": MiB or None}}: a first call (warm-up or compile), one call
     for the peak memory, then ``repeats`` calls, round-robin when ``interleave`` (so that other load falls on all
     alike), else each variant's in turn (compiled variants: ComfyUI's compile drops guards on transformer_options,
@@ -283,6 +287,9 @@ def _timed_variants(runs: dict[str, Callable[[], float]], repeats: int, device: 
                 out[name]["times"].append(runs[name]())
     else:
         for name in names:
+            if deadline is not None and time.monotonic() > deadline and name != names[0]:
+                del out[name]  # past the time budget: the report says which were left out
+                continue
             prime(name)
             out[name]["times"] = [runs[name]() for _ in range(repeats)]
     return out
@@ -321,7 +328,11 @@ def section_sdxl(args, sizes: Sizes, device: torch.device) -> tuple[list[dict], 
                           {name: _compiled_on_first_use(variants[name], args.compile_backend, step) for name in chosen},
                           False))
         for mode, runs, interleave in modes:
-            measured = _timed_variants(runs, args.repeats, device, interleave)
+            measured = _timed_variants(runs, args.repeats, device, interleave,
+                                       None if interleave else args.deadline)
+            if len(measured) < len(runs):
+                left = ", ".join(n for n in runs if n not in measured)
+                notes.append(f"{mode}: not measured, past the time budget: {left}")
             base = measured["unpatched"]
             for name, m in measured.items():
                 median = statistics.median(m["times"])
@@ -477,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "python": platform.python_version(), "sizes": "full" if sizes is FULL else
             "small", "comfyui": os.environ.get("COMFYUI_PATH") or "not set", "date": time.strftime("%Y-%m-%d %H:%M")}
     report = Report(args.out, meta)
-    deadline = time.monotonic() + args.budget_min * 60
+    deadline = args.deadline = time.monotonic() + args.budget_min * 60
     comfy_ready = False
     ok = True
     for name in [s for s in SECTIONS if s in args.only]:
@@ -493,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
             if needs_comfyui and not comfy_ready:
                 setup_comfyui(args.device)
                 comfy_ready = True
+                import comfy.model_management
+
+                report.data["meta"]["comfyui device"] = str(comfy.model_management.get_torch_device())
             run = {"suites": lambda: section_suites(args, sizes, args.out),
                    "syncs": lambda: section_syncs(args, sizes, device),
                    "sdxl": lambda: section_sdxl(args, sizes, device),

@@ -1,7 +1,8 @@
 """A patched model compiled as ComfyUI's TorchCompileModel node compiles it (torch.compile of the diffusion
-model through ``set_torch_compile_wrapper``, with that version's guard options), on the CPU with the ``eager``
-backend: it runs, gives the eager result, and no graph break happens in this pack's code (the breaks that remain are
-ComfyUI's own). One model carries a windowed steer, an unlearning patch and a recorder on three blocks, at cfg > 1.
+model through ``set_torch_compile_wrapper``, with that version's guard options), on the CPU with the ``eager`` and
+``aot_eager`` backends: it runs, gives the eager result, and no graph break happens in this pack's code (the breaks
+that remain are ComfyUI's own). One model carries a windowed steer, an unlearning patch and a recorder on three
+blocks, at cfg > 1.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ class GraphBreaks(logging.Handler):
 
 
 @pytest.mark.slow
-def test_a_compiled_patched_model_runs_gives_the_eager_result_and_breaks_no_graph_in_this_pack():
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_a_compiled_patched_model_runs_gives_the_eager_result_and_breaks_no_graph_in_this_pack(backend):
     model = build_unet("sdxl")
     pos, neg = random_conditioning()
     eager_model, eager_recording = patched(model)
@@ -69,7 +71,7 @@ def test_a_compiled_patched_model_runs_gives_the_eager_result_and_breaks_no_grap
     compiled_model, recording = patched(model)  # fresh patches: their caches are filled while compiling
     options = {"guard_filter_fn": torch_compile_node.skip_torch_compile_dict} \
         if hasattr(torch_compile_node, "skip_torch_compile_dict") else None
-    set_torch_compile_wrapper(model=compiled_model, backend="eager", options=options)
+    set_torch_compile_wrapper(model=compiled_model, backend=backend, options=options)
     torch._dynamo.reset()
     breaks = GraphBreaks()
     torch._logging.set_logs(graph_breaks=True)  # (re)initialises torch's log handlers: ours are added after

@@ -30,6 +30,7 @@ def test_the_device_check_runs_every_section_on_the_cpu(tmp_path):
     assert statuses == dict.fromkeys(["suites", "syncs", "sdxl", "flux", "train"], "ok"), \
         (statuses, [s["notes"] for s in sections.values()], done.stdout[-2000:], done.stderr[-2000:])
     assert done.returncode == 0
+    assert report["meta"]["comfyui device"] == "cpu" and report["meta"]["sizes"] == "small"
 
     suites = {row["suite"]: row for row in sections["suites"]["rows"]}
     assert suites["unit"]["passed"] >= 20 and suites["comfyui"]["passed"] >= 3

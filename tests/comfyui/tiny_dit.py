@@ -17,7 +17,7 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
 import comfy.taesd.taesd
-from tiny_models import CPU, _init_weights
+from tiny_models import CPU, LOAD_DEVICE, _init_weights
 
 CONTEXT = 32   # text-embedding width of the tiny models
 POOLED = 16    # pooled text vector (Flux vector_in, SD3 adm)
@@ -26,6 +26,12 @@ FLUX_CONFIG = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "ve
                "context_in_dim": CONTEXT, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 4, "depth": 2,
                "depth_single_blocks": 3, "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True,
                "guidance_embed": False, "txt_ids_dims": []}
+# Flux.2's layout (comfy.model_detection): 128 latent channels, no patchifying (patch 1), shared modulation, 4 RoPE
+# axes, reference latents placed by index; ComfyUI 0.33+
+FLUX2_CONFIG = {**FLUX_CONFIG, "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+                "axes_dim": [4, 4, 4, 4], "theta": 2000, "patch_size": 1, "qkv_bias": False, "txt_ids_dims": [3],
+                "global_modulation": True, "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index",
+                "ref_index_scale": 10.0, "mlp_ratio": 3.0}
 SD3_CONFIG = {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
               "adm_in_channels": POOLED, "pos_embed_scaling_factor": None, "pos_embed_max_size": 32,
               "num_patches": 1024, "qk_norm": "rms", "x_block_self_attn_layers": [0],
@@ -38,6 +44,10 @@ QWEN_CONFIG = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, 
 
 class TinyFlux(comfy.supported_models.FluxSchnell):
     """Flux schnell's model class (flow matching, guidance-free, cfg 1) with a 64-wide transformer."""
+
+
+TinyFlux2 = type("TinyFlux2", (comfy.supported_models.Flux2,), {"__doc__": "Flux.2's model class, 64 wide."}) \
+    if hasattr(comfy.supported_models, "Flux2") else None
 
 
 class TinySD3(comfy.supported_models.SD3):
@@ -62,6 +72,7 @@ def _init_keys(cls) -> set[str]:
 
 FAMILIES = {
     "flux": (TinyFlux, lambda: _known(FLUX_CONFIG, _flux_keys())),
+    "flux2": (TinyFlux2, lambda: _known(FLUX2_CONFIG, _flux_keys())),
     "sd3": (TinySD3, lambda: _known(SD3_CONFIG, _init_keys(comfy.ldm.modules.diffusionmodules.mmdit.MMDiT))),
     "qwen_image": (TinyQwenImage,
                    lambda: _known(QWEN_CONFIG, _init_keys(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel))),
@@ -78,7 +89,7 @@ def build_dit(family: str, seed: int = 0):
     if isinstance(pos_embed, torch.Tensor):
         with torch.no_grad():
             pos_embed.copy_(0.1 * torch.randn(pos_embed.shape, generator=torch.Generator().manual_seed(seed)))
-    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+    return comfy.model_patcher.ModelPatcher(model, load_device=LOAD_DEVICE, offload_device=CPU)
 
 
 def dit_conditioning(family: str, batch: int = 1, seed: int = 0, tokens: int = 10):

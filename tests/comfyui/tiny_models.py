@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 
 import torch
+from devices import DEVICE
 
 import comfy.model_patcher  # callers set up ComfyUI first (comfy_harness, or a running server)
 import comfy.sd
@@ -17,6 +18,7 @@ import comfy.taesd.taesd
 import nodes
 
 CPU = torch.device("cpu")
+LOAD_DEVICE = DEVICE  # where ComfyUI runs the tiny models: SAE_LAB_DEVICE (the CPU by default)
 
 _COMMON = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
            "legacy": False, "dtype": torch.float32, "in_channels": 4, "model_channels": 32, "context_dim": 64,
@@ -65,7 +67,7 @@ def build_unet(family: str = "sdxl", seed: int = 0):
     model_config = config_cls(dict(unet_config))
     model = model_config.get_model({}, device=CPU)
     _init_weights(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+    return comfy.model_patcher.ModelPatcher(model, load_device=LOAD_DEVICE, offload_device=CPU)
 
 
 class TinyTextEncoder:

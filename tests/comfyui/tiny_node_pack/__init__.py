@@ -6,7 +6,8 @@ CLIPVisionLoader -> SAELabTestTinyCLIPVision."""
 import os
 import sys
 
-sys.path.insert(0, os.environ["SAE_LAB_TEST_HELPERS"])
+HELPERS = os.environ["SAE_LAB_TEST_HELPERS"]  # tests/comfyui; its parent holds the helpers shared with unit tests
+sys.path[:0] = [HELPERS, os.path.dirname(HELPERS)]
 import tiny_dit  # noqa: E402
 import tiny_models  # noqa: E402
 
