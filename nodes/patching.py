@@ -21,7 +21,7 @@ from ..sae_core.blocks.context import CallContext, StepWindow
 from ..sae_core.blocks.dit import TokenBlockView, image_input, locate
 from ..sae_core.blocks.families import FAMILIES, family_of
 from ..sae_core.blocks.layout import SPATIAL_TRANSFORMER, Block, BlockLayout
-from ..sae_core.blocks.patch import BlockPatch
+from ..sae_core.blocks.patch import BlockPatch, reads_block_input
 from ..sae_core.blocks.unet import patched_output
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.validate import check_number
@@ -170,8 +170,6 @@ def _patch_dit_block(patched, block: Block, patch: BlockPatch, label: str) -> No
     replacements = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     previous = replacements.get((block.kind, block.index))  # another pack's (or an earlier SAE Lab) replacement
 
-    reads_update = getattr(patch, "input_kind", "diff") == "diff"
-
     def replacement(args: dict, extra: dict) -> dict:
         try:
             ctx = context_of(args.get("transformer_options") or {})
@@ -179,7 +177,7 @@ def _patch_dit_block(patched, block: Block, patch: BlockPatch, label: str) -> No
         except SAEError as exc:
             raise node_error(label, exc) from None
         # ComfyUI's Flux blocks add their update to their input in place: keep the image tokens of the input first
-        x_image = image_input(args, start, grid) if reads_update else None
+        x_image = image_input(args, start, grid) if reads_block_input(patch, ctx) else None
         out = previous(args, extra) if previous is not None else extra["original_block"](args)
         try:
             view = TokenBlockView(x_image, out["img"], start, grid)

@@ -109,3 +109,24 @@ def test_collection_keeps_a_seeded_random_subset_of_positions_per_image_and_step
         assert positions.tolist() == sorted(set(positions.tolist()))
         assert torch.equal(first["activations"][4 * r:4 * r + 4], rows[r, positions])
     assert first["pass"].tolist() == [1] * 8 + [0] * 8
+
+
+def test_the_block_input_is_kept_only_for_a_patch_that_will_read_it():
+    """Flux blocks update their input in place, so an adapter copies the image tokens first: not for a patch that
+    is idle or outside its window, nor for one that reads the output."""
+    from sae_core import SparseAutoencoder
+    from sae_core.blocks.context import ALWAYS, StepWindow
+    from sae_core.blocks.patch import reads_block_input
+    from sae_core.edits.steering import FeatureSteering, SteerPatch
+    from sae_core.sae.feature_ids import FeatureEdit
+
+    def steer(strength, input_kind="diff", window=ALWAYS):
+        sae = SparseAutoencoder(8, 16, 2, input_kind=input_kind)
+        return SteerPatch(FeatureSteering(sae, [FeatureEdit(3, strength)], "add"), window, "both", None)
+
+    ctx = CallContext(sigma=5.0)
+    assert reads_block_input(steer(2.0), ctx)
+    assert not reads_block_input(steer(0.0), ctx)
+    assert not reads_block_input(steer(2.0, window=StepWindow(sigma_start=1.0)), ctx)
+    assert not reads_block_input(steer(2.0, input_kind="output"), ctx)
+    assert reads_block_input(CollectPatch("diff", "both", "fp16"), ctx)  # no skips(): always kept

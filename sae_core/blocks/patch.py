@@ -51,6 +51,15 @@ def for_sae(t: Tensor) -> Tensor:
     return t.float() if t.dtype in HALF else t
 
 
+def reads_block_input(patch: BlockPatch, ctx: CallContext) -> bool:
+    """Whether ``patch`` will read the block's input in this call: adapters whose blocks update their input in place
+    (Flux) copy it first, which is wasted on a patch that is idle or outside its window (``skips(ctx)``)."""
+    if getattr(patch, "input_kind", "diff") != "diff":
+        return False
+    skips = getattr(patch, "skips", None)
+    return not (skips is not None and skips(ctx))
+
+
 def apply(patch: BlockPatch, view: BlockView, ctx: CallContext, output: Any) -> Any:
     """What the patched block returns: its own output object when the patch changes nothing (bit-identical)."""
     delta = patch(view, ctx)

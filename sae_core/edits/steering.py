@@ -93,8 +93,12 @@ class SteerPatch:
         self.steering.sae.warm(device)
         self.steering._tensors(torch.empty(0, device=device))
 
+    def skips(self, ctx: CallContext) -> bool:
+        """Nothing to do in this call (a host fact: the edit is idle or the step is outside the window)."""
+        return self.steering.idle or not self.window.contains(ctx.sigma)
+
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
-        if self.steering.idle or not self.window.contains(ctx.sigma):
+        if self.skips(ctx):
             return None
         u = view.sae_input(self.steering.sae.input_kind)
         weight, any_weight = self.weights.weights(ctx, view.n_rows, view.grid, u)
