@@ -28,15 +28,18 @@ SD15_UNET = {**_COMMON, "adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2],
              "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
 
 
-def setup_comfy():
-    """Put COMFYUI_PATH on sys.path (CPU mode) and import this repository as ComfyUI would; returns it."""
+def setup_comfy(device: str = "cpu"):
+    """Put COMFYUI_PATH on sys.path and import this repository as ComfyUI would; returns it. ComfyUI runs in CPU
+    mode unless ``device`` is an accelerator: it picks its device and attention when model_management is first
+    imported, which happens here, before the pack is loaded."""
     path = os.environ.get("COMFYUI_PATH")
     if not path:
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
     sys.path.insert(0, path)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = torch.device(device).type == "cpu"
+    import comfy.model_management  # noqa: F401
     spec = importlib.util.spec_from_file_location("sae_lab_pack", REPO / "__init__.py",
                                                   submodule_search_locations=[str(REPO)])
     pack = importlib.util.module_from_spec(spec)

@@ -53,7 +53,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "tests")]
-from comfy_setup import PAPER_BLOCKS, SDXL_UNET  # noqa: E402  (bench/ helpers: torch only until ComfyUI is set up)
+from comfy_setup import PAPER_BLOCKS, SDXL_UNET, setup_comfy  # noqa: E402  (bench/ helpers: torch only until ComfyUI is set up)
 
 SECTIONS = ("suites", "syncs", "sdxl", "flux", "train")
 # The ComfyUI tests that exercise the device: patches in the real sampler, DiT blocks, compile, core interplay
@@ -128,11 +128,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------- suites
 def _junit(path: Path) -> dict:
     if not path.is_file():
@@ -182,19 +177,19 @@ def section_suites(args, sizes: Sizes, out: Path) -> tuple[list[dict], list[str]
 
 
 # ---------------------------------------------------------------- ComfyUI models and patched variants
-def setup_comfyui(device: str):
-    """ComfyUI on sys.path, on the device (CPU mode for the CPU), and this pack loaded as ComfyUI loads it."""
-    path = os.environ.get("COMFYUI_PATH")
-    sys.path.insert(0, path)
-    import comfy.cli_args
+_SDXL: dict[tuple[int, str], tuple] = {}
 
-    comfy.cli_args.args.cpu = device == "cpu"
-    import comfy.model_management  # noqa: F401  (picks its device now, before comfy_setup asks for CPU mode)
-    import comfy_setup
 
-    pack = comfy_setup.setup_comfy()
-    comfy.cli_args.args.cpu = device == "cpu"
-    return pack
+def sdxl_model(sizes: Sizes, device: torch.device) -> tuple[object, torch.dtype]:
+    """The SDXL U-Net of these sizes with random weights (fp16 on CUDA, fp32 on the CPU), built once for the
+    sections that use it (the full-size one takes GiBs and seconds to make)."""
+    key = (id(sizes), str(device))
+    if key not in _SDXL:
+        from comfy_setup import random_unet
+
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        _SDXL[key] = (random_unet("sdxl", 0, sizes.sdxl_config, device=str(device), dtype=dtype), dtype)
+    return _SDXL[key]
 
 
 def paper_saes(sizes: Sizes) -> list:
@@ -309,10 +304,9 @@ def _compiled_on_first_use(variant, backend: str, step: Callable[[object], float
 
 
 def section_sdxl(args, sizes: Sizes, device: torch.device) -> tuple[list[dict], list[str], bool]:
-    from comfy_setup import random_unet, step_timer
+    from comfy_setup import step_timer
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    model = random_unet("sdxl", 0, sizes.sdxl_config, device=str(device), dtype=dtype)
+    model, dtype = sdxl_model(sizes, device)
     variants = sdxl_variants(model, paper_saes(sizes))
     notes = [f"SDXL U-Net {'full size' if sizes is FULL else 'narrow (small)'}, {dtype}, one euler step, cfg 1, "
              f"batch 1; four SAEs {sizes.sae[0]} -> {sizes.sae[1]}, k {sizes.sae[2]}; median of {args.repeats}; "
@@ -364,12 +358,11 @@ def count_syncs(device: torch.device, run: Callable[[], object]) -> int:
 
 
 def section_syncs(args, sizes: Sizes, device: torch.device) -> tuple[list[dict], list[str], bool]:
-    from comfy_setup import random_unet, step_timer
+    from comfy_setup import step_timer
 
     import sae_lab_pack.sae_core.blocks.host as host
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    model = random_unet("sdxl", 0, sizes.sdxl_config, device=str(device), dtype=dtype)
+    model, _ = sdxl_model(sizes, device)
     variants = sdxl_variants(model, paper_saes(sizes), unlearn=True)
     step = step_timer("sdxl", 1.0, sizes.resolutions[0], context=sizes.sdxl_context, device=str(device))
     forced = device.type == "cpu"
@@ -502,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             if needs_comfyui and not comfy_ready:
-                setup_comfyui(args.device)
+                setup_comfy(args.device)
                 comfy_ready = True
                 import comfy.model_management
 

@@ -41,9 +41,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import os
 import statistics
-import sys
 import time
 
 import torch
@@ -59,22 +57,6 @@ FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_i
             "axes_dim": AXES, "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
             "txt_ids_dims": []}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _setup(device: str):
-    """ComfyUI on sys.path and this pack imported; CPU mode unless timing on a GPU."""
-    if device != "cpu":  # ComfyUI picks its device and attention when model_management is first imported
-        path = os.environ.get("COMFYUI_PATH")
-        if not path:
-            sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-        sys.path.insert(0, path)
-        import comfy.model_management  # noqa: F401
-    pack = setup_comfy()  # asks for CPU mode: only matters for what is imported after it
-    if device != "cpu":
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = False
-    return pack
 
 
 def flux_model(device: torch.device, dtype: torch.dtype, seed: int = 0, hidden: int = HIDDEN, heads: int = HEADS):
@@ -301,7 +283,7 @@ def main() -> None:
     if side * side != args.tokens or args.repeats < 1:
         parser.error("--tokens must be a square number (a side x side token grid) and --repeats >= 1")
     wall = time.perf_counter()
-    _setup(args.device)
+    setup_comfy(args.device)
     import comfy.ldm.flux.model
     import comfy.ldm.modules.attention
 

@@ -17,19 +17,24 @@ def host_reads_are_free(t: Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def to_host(t: Tensor) -> Tensor:
-    """A CPU copy of ``t`` that does not block: pinned memory and a non-blocking copy on CUDA, valid once
-    :func:`wait_for_copies` returned (CPU tensors are returned as they are)."""
-    if t.device.type == "cpu":
-        return t
-    if t.device.type == "cuda":
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        host.copy_(t, non_blocking=True)
-        return host
-    return t.cpu()
+class HostCopies:
+    """Copies of tensors to the host queued without blocking (pinned memory and non-blocking copies on CUDA), valid
+    once :meth:`wait` returned: one synchronisation for all of them. CPU tensors are kept as they are."""
 
+    def __init__(self):
+        self._device: torch.device | None = None  # a device with copies still in flight
 
-def wait_for_copies(device: torch.device | str | None) -> None:
-    """One synchronisation for all the copies :func:`to_host` queued on ``device``."""
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    def copy(self, t: Tensor) -> Tensor:
+        if t.device.type == "cpu":
+            return t
+        self._device = t.device
+        if t.device.type == "cuda":
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            return host
+        return t.cpu()
+
+    def wait(self) -> None:
+        if self._device is not None and self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        self._device = None

@@ -38,11 +38,6 @@ def row_kind_list(chunk_kinds: tuple[int, ...], n_rows: int) -> list[int]:
     return [int(kind) for kind in kinds for _ in range(per_chunk)]
 
 
-def row_kinds(chunk_kinds: tuple[int, ...], n_rows: int) -> Tensor:
-    """The pass of every batch row (long)."""
-    return torch.tensor(row_kind_list(chunk_kinds, n_rows), dtype=torch.long)
-
-
 def row_signs(chunk_kinds: tuple[int, ...], n_rows: int, passes: str) -> Tensor:
     """+1 / -1 / 0 per batch row: which rows an edit touches, and with which sign."""
     table = SELECTIONS[check_choice("passes", passes, SELECTIONS)]

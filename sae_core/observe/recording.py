@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..blocks.context import CallContext
-from ..blocks.host import to_host, wait_for_copies
+from ..blocks.host import HostCopies
 from ..blocks.patch import BlockView
 from ..sae.model import SparseAutoencoder
 
@@ -74,7 +74,7 @@ class Recording:
         self.index_dtype = torch.int16 if sae.n_latents <= torch.iinfo(torch.int16).max else torch.int32
         self.run: Run | None = None
         self._runs_started = 0
-        self._pending: torch.device | None = None  # a device with copies to the host still in flight
+        self._copies = HostCopies()  # the codes' copies to the host, read after one synchronisation
 
     # ------------------------------------------------------------ lifecycle (driven by the sampler)
     def begin_run(self, n_steps: int | None = None, latent_shape: tuple[int, ...] | None = None) -> None:
@@ -85,13 +85,8 @@ class Recording:
     def end_run(self) -> None:
         """Sampling finished (or failed): the codes' copies to the host are complete (one synchronisation)."""
         if self.run is not None:
-            self._settle()
+            self._copies.wait()
             self.run.finished = True
-
-    def _settle(self) -> None:
-        if self._pending is not None:
-            wait_for_copies(self._pending)
-            self._pending = None
 
     # ------------------------------------------------------------ per block call
     def add(self, ctx: CallContext, values: Tensor, indices: Tensor) -> None:
@@ -99,18 +94,16 @@ class Recording:
         if self.run is None or self.run.finished:  # sampled without the run wrapper: open a run ourselves
             self.begin_run(ctx.n_steps)
         rows, h, w, k = values.shape
-        if values.device.type != "cpu":
-            self._pending = values.device  # copied without blocking; read after end_run's one synchronisation
         self.run.calls.append(RecordedCall(
             step=ctx.step, sigma=ctx.sigma, chunk_kinds=tuple(ctx.chunk_kinds) or (0,), grid=(h, w),
-            values=to_host(values.detach().reshape(rows, h * w, k).clamp(max=FP16_MAX).to(torch.float16)),
-            indices=to_host(indices.detach().reshape(rows, h * w, k).to(self.index_dtype)),
+            values=self._copies.copy(values.detach().reshape(rows, h * w, k).clamp(max=FP16_MAX).to(torch.float16)),
+            indices=self._copies.copy(indices.detach().reshape(rows, h * w, k).to(self.index_dtype)),
         ))
 
     # ------------------------------------------------------------ facts for the readers
     @property
     def calls(self) -> list[RecordedCall]:
-        self._settle()  # a reader may come before the run's end (sampled without the run wrapper)
+        self._copies.wait()  # a reader may come before the run's end (sampled without the run wrapper)
         return [] if self.run is None else self.run.calls
 
     def nbytes(self) -> int:

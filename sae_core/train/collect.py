@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..blocks.context import CallContext
-from ..blocks.host import to_host, wait_for_copies
+from ..blocks.host import HostCopies
 from ..blocks.passes import NEGATIVE, POSITIVE, STORE_PASSES, row_kind_list
 from ..blocks.patch import INPUT_KINDS, BlockView
 from ..validate import check_choice, check_number
@@ -37,7 +37,7 @@ class CollectPatch:
         self.seed = seed
         self.prompt_index = 0
         self.data = ShardData()
-        self._pending: torch.device | None = None
+        self._copies = HostCopies()  # activations on their way to the host; take() waits once
 
     def _subset(self, step: int, row: int, total: int) -> Tensor:
         """The positions kept for one row: all, or a seeded random subset in position order."""
@@ -57,26 +57,21 @@ class CollectPatch:
             n, h, w, c = u.shape
             step = ctx.step or 0
             subsets = [self._subset(step, r, h * w) for r in rows]
-            flat = u.reshape(n, h * w, c)
-            index_rows = torch.tensor([r for r, s in zip(rows, subsets) for _ in range(len(s))], device=u.device)
-            picked = flat[index_rows, torch.cat(subsets).to(u.device)]
-            count = index_rows.numel()
-            if u.device.type != "cpu":
-                self._pending = u.device  # copied without blocking; take() waits once
-            self.data.activations.append(to_host(picked.to(self.dtype)))
+            positions = torch.cat(subsets)
+            row_of = [r for r, s in zip(rows, subsets) for _ in range(len(s))]  # the batch row of each kept position
+            picked = u.reshape(n, h * w, c)[torch.tensor(row_of, device=u.device), positions.to(u.device)]
+            count = len(row_of)
+            self.data.activations.append(self._copies.copy(picked.to(self.dtype)))
             self.data.rows["prompt"].append(torch.full((count,), self.prompt_index, dtype=torch.int32))
             self.data.rows["step"].append(torch.full((count,), step, dtype=torch.int32))
-            self.data.rows["position"].append(torch.cat(subsets).to(torch.int32))
-            self.data.rows["pass"].append(torch.tensor([kinds[r] for r, s in zip(rows, subsets) for _ in range(len(s))],
-                                                       dtype=torch.int32))
+            self.data.rows["position"].append(positions.to(torch.int32))
+            self.data.rows["pass"].append(torch.tensor([kinds[r] for r in row_of], dtype=torch.int32))
             self.data.grid = (h, w)
         return None
 
     def take(self) -> ShardData:
         """The rows collected since the last take (their copies to the host complete)."""
-        if self._pending is not None:
-            wait_for_copies(self._pending)
-            self._pending = None
+        self._copies.wait()
         data, self.data = self.data, ShardData()
         return data
 

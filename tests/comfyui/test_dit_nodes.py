@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import comfy_harness  # noqa: I001  (first: skips without COMFYUI_PATH, sets up ComfyUI)
 from checkpoint_writers import write_saelens, write_sparsify
-from tiny_dit import DiTProbe, build_dit, dit_conditioning, sample, with_reference
+from tiny_dit import DiTProbe, build_dit, dit_conditioning, image_tokens, sample, with_reference
 from tiny_models import TinyTextEncoder
 
 import comfy.model_management
@@ -62,12 +62,6 @@ def probe_run(model, family, block, positive=None, negative=None, latent=LATENT,
     pos, neg = dit_conditioning(family) if positive is None else (positive, negative)
     out = sample(probe.model, pos, neg, latent, steps=steps, cfg=CFG[family] if cfg is None else cfg)
     return probe.calls, out
-
-
-def image_tokens(sequence: torch.Tensor, kind: str, calls_img: torch.Tensor, n: int, refs: int = 0):
-    """(image, rest) of a block's img sequence: single blocks hold cat(txt, img, refs)."""
-    start = sequence.shape[1] - n - refs if kind == "single_block" else 0
-    return sequence[:, start:start + n], torch.cat([sequence[:, :start], sequence[:, start + n:]], dim=1)
 
 
 # ---------------------------------------------------------------- names
@@ -124,8 +118,8 @@ def test_edits_stay_inside_the_mask_on_a_non_square_grid_and_never_touch_text(mo
     inside[:3, 5:] = True
     inside = inside.flatten()
     for (_, base_out, _), (_, out, _) in zip(base_calls, calls):
-        base_img, base_rest = image_tokens(base_out["img"], target.kind, None, n)
-        img, rest = image_tokens(out["img"], target.kind, None, n)
+        base_img, base_rest = image_tokens(base_out["img"], target.kind, n)
+        img, rest = image_tokens(out["img"], target.kind, n)
         assert torch.equal(img[:, ~inside], base_img[:, ~inside]) and not torch.equal(img[:, inside],
                                                                                        base_img[:, inside])
         assert torch.equal(rest, base_rest)  # text tokens (single blocks) untouched
@@ -147,8 +141,8 @@ def test_reference_image_tokens_are_never_edited(models, family, block):
     n, refs = GRID[0] * GRID[1], 4 * 5
     assert base_calls[0][1]["img"].shape[1] >= n + refs  # the reference tokens are in the sequence
     for (_, base_out, _), (_, edited, _) in zip(base_calls, calls):
-        base_img, base_rest = image_tokens(base_out["img"], target.kind, None, n, refs)
-        img, rest = image_tokens(edited["img"], target.kind, None, n, refs)
+        base_img, base_rest = image_tokens(base_out["img"], target.kind, n, refs)
+        img, rest = image_tokens(edited["img"], target.kind, n, refs)
         assert torch.equal(rest, base_rest) and not torch.equal(img, base_img)
     assert not torch.equal(out, base)
 
@@ -178,8 +172,8 @@ def test_batch_of_two_with_a_mask_per_image(models):
     base_calls, _ = probe_run(model, "flux", "single.1", pos, neg, latent)
     calls, _ = probe_run(steer(model, sae, mask=masks), "flux", "single.1", pos, neg, latent)
     n = GRID[0] * GRID[1]
-    changed = (image_tokens(calls[0][1]["img"], "single_block", None, n)[0]
-               != image_tokens(base_calls[0][1]["img"], "single_block", None, n)[0]).any(-1).reshape(2, *GRID)
+    changed = (image_tokens(calls[0][1]["img"], "single_block", n)[0]
+               != image_tokens(base_calls[0][1]["img"], "single_block", n)[0]).any(-1).reshape(2, *GRID)
     assert changed[0, :, :4].all() and not changed[0, :, 5:].any()   # column 4 straddles the edge
     assert changed[1, 3:].all() and not changed[1, :3].any()
     with pytest.raises(ValueError, match="SAE Feature Steer: mask batch 3 does not match the latent batch of 2"):
@@ -219,7 +213,7 @@ def test_record_top_features_heatmap_and_timeline(models):
     calls, _ = probe_run(model, "flux", "single.1", steps=2)
     x, out, _ = calls[0]
     n = GRID[0] * GRID[1]
-    update = image_tokens(out["img"], "single_block", None, n)[0] - image_tokens(x, "single_block", None, n)[0]
+    update = image_tokens(out["img"], "single_block", n)[0] - image_tokens(x, "single_block", n)[0]
     assert float(update.abs().max()) > 0
     code = sae.encode_topk(update.reshape(1, *GRID, -1))
     first = recording.calls[0]
@@ -279,7 +273,7 @@ def test_collect_train_and_steer_on_flux(models, comfy_dirs):
     sample(probe.model, cond, empty, torch.zeros(1, 16, 12, 18), steps=2, seed=3)
     x, out, _ = probe.calls[0]
     n = GRID[0] * GRID[1]
-    update = (image_tokens(out["img"], "single_block", None, n)[0] - image_tokens(x, "single_block", None, n)[0])[0]
+    update = (image_tokens(out["img"], "single_block", n)[0] - image_tokens(x, "single_block", n)[0])[0]
     assert float(update.abs().max()) > 0  # Flux blocks add to their input in place: the update is read before
     positions = shard["position"][:20].long()
     assert positions.unique().numel() == 20 and int(positions.max()) < n

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import comfy_harness  # noqa: I001  (first: skips without COMFYUI_PATH, sets up ComfyUI)
-from tiny_dit import TinyFlux2, DiTProbe, build_dit, dit_conditioning, sample, with_reference
+from tiny_dit import TinyFlux2, DiTProbe, build_dit, dit_conditioning, image_tokens, sample, with_reference
 
 if TinyFlux2 is None:
     pytest.skip(f"ComfyUI {'.'.join(map(str, comfy_harness.COMFYUI_VERSION))} has no Flux.2 model",
@@ -45,12 +45,6 @@ def calls_of(model, block: str, positive, negative):
     return target, probe.calls, out
 
 
-def split(sequence: torch.Tensor, kind: str, n: int, refs: int = 0):
-    """(image tokens, the rest) of a block's img sequence: single blocks hold cat(txt, img, refs)."""
-    start = sequence.shape[1] - n - refs if kind == "single_block" else 0
-    return sequence[:, start:start + n], torch.cat([sequence[:, :start], sequence[:, start + n:]], dim=1)
-
-
 def test_flux2_blocks_are_named_as_flux_blocks(model):
     layout = model_block_layout(model)
     assert [b.comfy for b in layout] == ["double_blocks.0", "double_blocks.1", "single_blocks.0", "single_blocks.1",
@@ -76,8 +70,8 @@ def test_idle_is_bit_identical_and_a_masked_edit_stays_on_its_image_tokens(model
     inside = inside.flatten()
     n = GRID[0] * GRID[1]
     for (_, base_out, _), (_, edited, _) in zip(base_calls, calls):
-        base_img, base_rest = split(base_out["img"], target.kind, n)
-        img, rest = split(edited["img"], target.kind, n)
+        base_img, base_rest = image_tokens(base_out["img"], target.kind, n)
+        img, rest = image_tokens(edited["img"], target.kind, n)
         assert torch.equal(img[:, ~inside], base_img[:, ~inside]) and not torch.equal(img[:, inside],
                                                                                        base_img[:, inside])
         assert torch.equal(rest, base_rest)
@@ -98,7 +92,7 @@ def test_reference_tokens_of_an_edit_model_are_never_edited(model, block):
     n, refs = GRID[0] * GRID[1], 4 * 5
     assert base_calls[0][1]["img"].shape[1] >= n + refs
     for (_, base_out, _), (_, edited, _) in zip(base_calls, calls):
-        base_img, base_rest = split(base_out["img"], target.kind, n, refs)
-        img, rest = split(edited["img"], target.kind, n, refs)
+        base_img, base_rest = image_tokens(base_out["img"], target.kind, n, refs)
+        img, rest = image_tokens(edited["img"], target.kind, n, refs)
         assert torch.equal(rest, base_rest) and not torch.equal(img, base_img)
     assert not torch.equal(out, base)

@@ -108,6 +108,13 @@ def with_reference(conditioning, latent: torch.Tensor):
     return [[c, {**extras, "reference_latents": [latent]}] for c, extras in conditioning]
 
 
+def image_tokens(sequence: torch.Tensor, kind: str, n: int, refs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the generated image's n tokens, the rest) of a block's img sequence: single blocks hold cat(txt, img, refs),
+    double blocks img then refs."""
+    start = sequence.shape[1] - n - refs if kind == "single_block" else 0
+    return sequence[:, start:start + n], torch.cat([sequence[:, :start], sequence[:, start + n:]], dim=1)
+
+
 class DiTProbe:
     """Records (img in, out dict, cond_or_uncond) of every call of one DiT block, as the outermost replacement
     (it calls whatever replacement is already there, e.g. SAE Lab's)."""
