@@ -393,11 +393,6 @@ def section_flux(args, sizes: Sizes, device: torch.device) -> tuple[list[dict], 
     import comfy.ldm.flux.model
     import dit_block_overhead as dit
 
-    from sae_lab_pack.nodes.observe import SAERecordActivations
-    from sae_lab_pack.nodes.patching import model_block_layout
-    from sae_lab_pack.nodes.steer import SAEFeatureSteer
-    from sae_lab_pack.sae_core import SparseAutoencoder
-
     hidden, heads, tokens, text = sizes.flux
     latents, k = sizes.flux_sae
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -407,14 +402,7 @@ def section_flux(args, sizes: Sizes, device: torch.device) -> tuple[list[dict], 
     img_slice = "img_slice" in inspect.getsource(comfy.ldm.flux.model.Flux.forward_orig)
     rows = []
     for kind in ("double_block", "single_block"):
-        target = next(b for b in model_block_layout(base) if b.kind == kind)
-        sae = SparseAutoencoder(hidden, latents, k, hookpoint=target.hookpoint, input_kind="diff",
-                                model_family="flux").to(device)
-        recorded, recording = SAERecordActivations.execute(base, sae, target.comfy).result
-        variants = {"block alone": base,
-                    "idle steer": SAEFeatureSteer.execute(base, sae, "3, 5", "add", 0.0, target.comfy).result[0],
-                    "active steer": SAEFeatureSteer.execute(base, sae, "3, 5", "add", 5.0, target.comfy).result[0],
-                    "recording": recorded}
+        _, variants, recording = dit.block_variants(base, kind, latents, k, device, features="3, 5", strength=5.0)
         times = dit.bench_block(kind, base, variants, data, (side, side), device, args.repeats, img_slice,
                                 [recording])
         alone = statistics.median(total for total, _ in times["block alone"])

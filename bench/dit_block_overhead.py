@@ -246,6 +246,29 @@ def bench_block(kind: str, base, variants_models: dict, data: dict, grid, device
     return times
 
 
+def block_variants(base, kind: str, latents: int, k: int, device: torch.device, input_kind: str = "diff",
+                   features: str = FEATURES, strength: float = ACTIVE_STRENGTH):
+    """(the first block of ``kind``, {variant: model}, its recording): the block alone, an idle steer, an active
+    steer and a recording, each made by SAE Lab's own nodes with an SAE of ``latents``, ``k`` on that block."""
+    from sae_lab_pack.nodes.observe import SAERecordActivations
+    from sae_lab_pack.nodes.patching import model_block_layout
+    from sae_lab_pack.nodes.steer import SAEFeatureSteer
+    from sae_lab_pack.sae_core import SparseAutoencoder
+
+    target = next(b for b in model_block_layout(base) if b.kind == kind)
+    width = base.get_model_object("diffusion_model").hidden_size
+    sae = SparseAutoencoder(width, latents, k, hookpoint=target.hookpoint, input_kind=input_kind,
+                            model_family="flux").to(device)
+    recorded, recording = SAERecordActivations.execute(base, sae, target.comfy).result
+    variants = {
+        "block alone": base,
+        "idle steer": SAEFeatureSteer.execute(base, sae, features, "add", 0.0, target.comfy).result[0],
+        "active steer": SAEFeatureSteer.execute(base, sae, features, "add", strength, target.comfy).result[0],
+        "recording": recorded,
+    }
+    return target, variants, recording
+
+
 def table(kind: str, times: dict[str, list[tuple[float, float]]], step_ms: float | None) -> None:
     """Whole calls against the block alone (median, minimum), and the patch's own time inside each call."""
     base = [total for total, _ in times["block alone"]]
@@ -287,10 +310,6 @@ def main() -> None:
     import comfy.ldm.flux.model
     import comfy.ldm.modules.attention
 
-    from sae_lab_pack.nodes.observe import SAERecordActivations
-    from sae_lab_pack.nodes.patching import model_block_layout
-    from sae_lab_pack.nodes.steer import SAEFeatureSteer
-    from sae_lab_pack.sae_core import SparseAutoencoder
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     grid = (side, side)
@@ -308,17 +327,7 @@ def main() -> None:
              "single": ("single_block",)}[args.blocks]
     results = {}
     for kind in kinds:
-        target = next(b for b in model_block_layout(base) if b.kind == kind)
-        sae = SparseAutoencoder(HIDDEN, SAE_LATENTS, SAE_K, hookpoint=target.hookpoint, input_kind=args.input_kind,
-                                model_family="flux").to(device)
-        recorded, recording = SAERecordActivations.execute(base, sae, target.comfy).result
-        variants = {
-            "block alone": base,
-            "idle steer": SAEFeatureSteer.execute(base, sae, FEATURES, "add", 0.0, target.comfy).result[0],
-            "active steer": SAEFeatureSteer.execute(base, sae, FEATURES, "add", ACTIVE_STRENGTH,
-                                                    target.comfy).result[0],
-            "recording": recorded,
-        }
+        target, variants, recording = block_variants(base, kind, SAE_LATENTS, SAE_K, device, args.input_kind)
         print(f"\n{kind} {target.comfy} ({target.diffusers})", flush=True)
         results[kind] = bench_block(kind, base, variants, data, grid, device, args.repeats, img_slice_supported,
                                     [recording])
