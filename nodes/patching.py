@@ -18,10 +18,12 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..sae_core.blocks.context import CallContext, StepWindow
-from ..sae_core.blocks.dit import TokenBlockView, image_input, locate
-from ..sae_core.blocks.families import FAMILIES, family_of
+from ..sae_core.blocks.dit import patched_block
+from ..sae_core.blocks.families import dit_families, family_of, unet_families, unet_family_of
+from ..sae_core.blocks.families.unet import other_unet
+from ..sae_core.blocks.family import Family, UNetFamily
 from ..sae_core.blocks.layout import SPATIAL_TRANSFORMER, Block, BlockLayout
-from ..sae_core.blocks.patch import BlockPatch, reads_block_input
+from ..sae_core.blocks.patch import BlockPatch
 from ..sae_core.blocks.unet import patched_output
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.validate import check_number
@@ -30,36 +32,47 @@ from .base import node_error
 log = logging.getLogger("sae_lab")
 CALL_KEY = "sae_lab_call"  # where the model-call wrapper leaves the CallContext in transformer_options
 PATCHES_KEY = "sae_lab_patches"  # the SAE Lab patches of a model, prepared before each model call
-SUPPORTED = "SDXL (Turbo, base) and SD1.5-family U-Nets and " + ", ".join(f.title for f in FAMILIES)
+
+
+def supported() -> str:
+    """The registered families, as an error message lists them."""
+    return (" and ".join(f.title for f in unet_families()) + " U-Nets (and others with SpatialTransformer blocks) "
+            "and " + ", ".join(f.title for f in dit_families()))
+
+
+def _label(model) -> str:
+    config = getattr(model.model, "model_config", None)
+    return type(config).__name__ if config is not None else type(model.model).__name__
+
+
+def family_of_model(model) -> Family:
+    """The registered family of the loaded model (its diffusion model's class for DiTs, its model config's for
+    U-Nets), or a U-Net family named after the model's class."""
+    return family_of(model.get_model_object("diffusion_model")) or \
+        unet_family_of(getattr(model.model, "model_config", None)) or other_unet(_label(model))
+
+
+def model_family(model) -> str:
+    """What SAEs trained on this model record as their model_family (sdxl, sd15, flux, sd3, qwen_image...)."""
+    return family_of_model(model).name
 
 
 def model_block_layout(model) -> BlockLayout:
     """The transformer blocks of the loaded model: a DiT family's block lists, or a U-Net's blocks derived from
     ComfyUI's own diffusers key map."""
-    config = getattr(model.model, "model_config", None)
-    label = type(config).__name__ if config is not None else type(model.model).__name__
+    label, family = _label(model), family_of_model(model)
     diffusion_model = model.get_model_object("diffusion_model")
-    family = family_of(diffusion_model)
-    if family is not None:
+    if not isinstance(family, UNetFamily):
         return family.layout(diffusion_model, label)
-    unet_config = getattr(config, "unet_config", None) or {}
+    unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", None) or {}
     channels = {name: module.in_channels for name, module in diffusion_model.named_modules()
                 if isinstance(module, SpatialTransformer)}
-    layout = BlockLayout.from_unet_key_map(label, comfy.utils.unet_to_diffusers(unet_config), channels) \
-        if channels else BlockLayout(label, [])
-    if not len(layout):
+    layout = family.layout_from_key_map(comfy.utils.unet_to_diffusers(unet_config), channels, label) \
+        if channels else None
+    if layout is None or not len(layout):
         raise SAEInputError(f"this {label} model has no transformer blocks SAE Lab can patch; SAE Lab works with "
-                            f"{SUPPORTED}")
+                            f"{supported()}")
     return layout
-
-
-def model_family(model) -> str:
-    """What SAEs trained on this model record as their model_family (sdxl, sd15, flux, sd3, qwen_image...)."""
-    family = family_of(model.get_model_object("diffusion_model"))
-    if family is not None:
-        return family.name
-    name = type(getattr(model.model, "model_config", model.model)).__name__.lower()
-    return "sdxl" if "sdxl" in name else "sd15" if "sd15" in name or "sd1" in name else name
 
 
 def resolve_block(model, sae, block_text: str) -> Block:
@@ -111,9 +124,7 @@ def _model_call(executor, *args, **kwargs):
     options[CALL_KEY] = ctx
     if isinstance(latent, torch.Tensor):
         for patch in options.get(PATCHES_KEY, ()):
-            prepare = getattr(patch, "prepare", None)
-            if prepare is not None:
-                prepare(ctx, latent.device)
+            patch.prepare(ctx, latent.device)
     return executor(*args, **kwargs)
 
 
@@ -166,24 +177,19 @@ def _patch_spatial_transformer(patched, block: Block, patch: BlockPatch, label: 
 
 def _patch_dit_block(patched, block: Block, patch: BlockPatch, label: str) -> None:
     diffusion_model = patched.get_model_object("diffusion_model")
-    patch_size = family_of(diffusion_model).patch_size(diffusion_model)
+    family = family_of(diffusion_model)
+    tokens, patch_size = family.tokens(block), family.patch_size(diffusion_model)
     replacements = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     previous = replacements.get((block.kind, block.index))  # another pack's (or an earlier SAE Lab) replacement
 
     def replacement(args: dict, extra: dict) -> dict:
-        try:
-            ctx = context_of(args.get("transformer_options") or {})
-            start, grid = locate(block.kind, args, ctx, patch_size)
+        def run_block(block_args: dict) -> dict:
+            return previous(block_args, extra) if previous is not None else extra["original_block"](block_args)
+
+        try:  # errors of the block itself (and of chained patches, named already) pass through as they are
+            return patched_block(patch, tokens, args, run_block, context_of(args.get("transformer_options") or {}),
+                                 patch_size)
         except SAEError as exc:
             raise node_error(label, exc) from None
-        # ComfyUI's Flux blocks add their update to their input in place: keep the image tokens of the input first
-        x_image = image_input(args, start, grid) if reads_block_input(patch, ctx) else None
-        out = previous(args, extra) if previous is not None else extra["original_block"](args)
-        try:
-            view = TokenBlockView(x_image, out["img"], start, grid)
-            delta = patch(view, ctx)
-        except SAEError as exc:
-            raise node_error(label, exc) from None
-        return out if delta is None else {**out, "img": view.with_delta(delta)}
 
     patched.set_model_patch_replace(replacement, "dit", block.kind, block.index)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from sae_core.blocks.layout import SD15_LAYOUT, SDXL_LAYOUT, BlockLayout, infer_model_family
-from sae_core.blocks.names import diffusers_name, short_code
+from sae_core.blocks.families.unet import SD15, SDXL
+from sae_core.blocks.names import diffusers_name, infer_model_family, short_code
 from sae_core.blocks.names import unet_comfy_path as comfy_path
 from sae_core.errors import SAEInputError
+
+SDXL_LAYOUT, SD15_LAYOUT = SDXL.static_layout, SD15.static_layout
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -58,7 +60,7 @@ def test_layout_from_key_map_orders_and_filters():
         "conv_in.weight": "input_blocks.0.0.weight",
     }
     channels = {"output_blocks.1.1": 1280, "input_blocks.8.1": 1280, "middle_block.1": 1280}
-    layout = BlockLayout.from_unet_key_map("SDXL", key_map, channels)
+    layout = SDXL.layout_from_key_map(key_map, channels, "SDXL")
     assert [b.comfy for b in layout] == ["input_blocks.8.1", "middle_block.1", "output_blocks.1.1"]
     assert layout.resolve("up.0.1").diffusers == "up_blocks.0.attentions.1"
 

@@ -7,10 +7,10 @@ from torch import nn
 
 from sae_core import SAEInputError
 from sae_core.blocks.context import CallContext
-from sae_core.blocks.dit import DOUBLE, SINGLE, block_view, token_grid
+from sae_core.blocks.dit import DOUBLE, IMAGE_AFTER_TEXT, IMAGE_FIRST, SINGLE, patched_block, token_grid
 from sae_core.blocks.families import family_of
 from sae_core.blocks.names import diffusers_name, hookpoint_of, short_code
-from sae_core.blocks.patch import apply
+from sae_core.blocks.patch import BlockPatch
 from sae_core.train.collect import CollectPatch
 
 
@@ -31,33 +31,71 @@ def sequences(n_rows=2, txt=5, grid=(2, 3), refs=4, width=8, seed=0):
                                                                                 generator=g)
 
 
+class Spy(BlockPatch):
+    """Keeps the view it is called with and returns a fixed change (None: unchanged)."""
+
+    def __init__(self, delta=None, input_kind="diff"):
+        self.delta, self.input_kind, self.view = delta, input_kind, None
+
+    def __call__(self, view, ctx):
+        self.view = view
+        return self.delta
+
+
+def run_patched(patch, tokens, x, y, ctx, options=None):
+    args = {"img": x, "transformer_options": options or {}}
+    return patched_block(patch, tokens, args, lambda a: {"img": y, "txt": None}, ctx, patch_size=2)
+
+
 def test_single_block_view_reads_and_writes_only_the_generated_image():
     x, y = sequences()
     ctx = CallContext(latent_shape=(2, 16, 4, 6), ref_shapes=((1, 16, 4, 4),))  # 2 x 3 image, 2 x 2 reference
     assert ctx.ref_tokens(2) == 4
-    view = block_view(SINGLE, {"img": x}, {"img": y}, ctx, patch=2)
-    assert (view.start, view.grid, view.n_rows) == (5, (2, 3), 2)  # 15 tokens - 6 image - 4 reference
-    u = view.sae_input("diff")
-    assert torch.equal(u, (y - x)[:, 5:11].reshape(2, 2, 3, 8))
-    assert torch.equal(view.sae_input("output"), y[:, 5:11].reshape(2, 2, 3, 8))
     delta = torch.randn(2, 2, 3, 8)
-    out = view.with_delta(delta)
-    assert torch.equal(out[:, :5], y[:, :5]) and torch.equal(out[:, 11:], y[:, 11:])
-    assert torch.equal(out[:, 5:11], y[:, 5:11] + delta.reshape(2, 6, 8))
+    spy = Spy(delta)
+    out = run_patched(spy, IMAGE_AFTER_TEXT, x, y, ctx)
+    view = spy.view
+    assert (view.start, view.grid, view.n_rows) == (5, (2, 3), 2)  # 15 tokens - 6 image - 4 reference
+    assert torch.equal(view.sae_input("diff"), (y - x)[:, 5:11].reshape(2, 2, 3, 8))
+    assert torch.equal(view.sae_input("output"), y[:, 5:11].reshape(2, 2, 3, 8))
+    assert set(out) == {"img", "txt"} and out["txt"] is None  # the block's whole output dict, one stream edited
+    edited = out["img"]
+    assert torch.equal(edited[:, :5], y[:, :5]) and torch.equal(edited[:, 11:], y[:, 11:])
+    assert torch.equal(edited[:, 5:11], y[:, 5:11] + delta.reshape(2, 6, 8))
+    assert torch.equal(view.with_delta(delta)["img"], edited)
     # ComfyUI 0.33 says where the text ends; that wins over the count
-    sliced = block_view(SINGLE, {"img": x, "transformer_options": {"img_slice": [5, 15]}}, {"img": y},
-                        CallContext(latent_shape=(2, 16, 4, 6)), patch=2)
-    assert sliced.start == 5
+    sliced = Spy()
+    run_patched(sliced, IMAGE_AFTER_TEXT, x, y, CallContext(latent_shape=(2, 16, 4, 6)), {"img_slice": [5, 15]})
+    assert sliced.view.start == 5
 
 
 def test_double_block_view_starts_at_the_image_and_a_patch_with_nothing_to_do_returns_the_output_itself():
     x, y = sequences(txt=0)
-    view = block_view(DOUBLE, {"img": x, "txt": None}, {"img": y}, CallContext(latent_shape=(2, 16, 3, 5)), patch=2)
-    assert view.start == 0 and view.grid == (2, 3)
-    out = {"img": y}
-    assert apply(lambda v, c: None, view, CallContext(), out) is out
+    block_out = {"img": y}
+    spy = Spy()
+    out = patched_block(spy, IMAGE_FIRST, {"img": x}, lambda a: block_out, CallContext(latent_shape=(2, 16, 3, 5)), 2)
+    assert out is block_out and spy.view.start == 0 and spy.view.grid == (2, 3)
     with pytest.raises(SAEInputError, match="does not hold the 4x4 image tokens"):
-        block_view(DOUBLE, {"img": x}, {"img": y}, CallContext(latent_shape=(2, 16, 8, 8)), patch=2)
+        run_patched(Spy(), IMAGE_FIRST, x, y, CallContext(latent_shape=(2, 16, 8, 8)))
+
+
+def test_the_input_tokens_are_copied_before_the_block_runs_and_only_for_a_patch_that_reads_them():
+    """ComfyUI's Flux blocks add their update to their input in place."""
+    x, y = sequences(txt=0)
+    ctx = CallContext(latent_shape=(2, 16, 3, 5))
+    original = x.clone()
+
+    def in_place(args):
+        args["img"] += 1.0
+        return {"img": args["img"]}
+
+    reader = Spy()
+    patched_block(reader, IMAGE_FIRST, {"img": x}, in_place, ctx, 2)
+    assert torch.allclose(reader.view.sae_input("diff"), torch.ones(2, 2, 3, 8))
+    assert torch.equal(reader.view.x_image, original[:, :6])
+    output_reader = Spy(input_kind="output")
+    patched_block(output_reader, IMAGE_FIRST, {"img": x.clone()}, in_place, ctx, 2)
+    assert output_reader.view.x_image is None
 
 
 def test_dit_names_in_every_notation():

@@ -15,8 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sae_core import SparseAutoencoder
 from sae_core.blocks import host
 from sae_core.blocks.context import CallContext, StepWindow
-from sae_core.blocks.dit import DOUBLE, SINGLE, TokenBlockView, image_input, locate
-from sae_core.blocks.patch import apply
+from sae_core.blocks.dit import IMAGE_AFTER_TEXT, IMAGE_FIRST, patched_block
 from sae_core.blocks.unet import patched_output
 from sae_core.edits.steering import MODES, FeatureSteering, SteerPatch
 from sae_core.edits.unlearn import ConceptSelection, StepSelection, UnlearnPatch
@@ -87,18 +86,15 @@ def test_the_steady_state_of_every_patch_reads_nothing_back_to_the_host(accelera
     assert reads.ops == [], f"{name}: {reads.ops}"
 
 
-@pytest.mark.parametrize("kind", [DOUBLE, SINGLE])
-def test_the_dit_view_reads_nothing_back_either(accelerator_path, kind):
+@pytest.mark.parametrize("tokens", [IMAGE_FIRST, IMAGE_AFTER_TEXT])
+def test_the_dit_view_reads_nothing_back_either(accelerator_path, tokens):
     sae = make_sae()
     patch = SteerPatch(FeatureSteering(sae, [FeatureEdit(3, 2.0)], "scale"), StepWindow(), "both", None)
     ctx = CallContext((0,), 5.0, (10.0, 5.0, 0.0), (2, 16, 12, 20), ((1, 16, 8, 8),))
     seq = torch.randn(2, 5 + 60 + 16, D, device=DEVICE)
     args = {"img": seq, "transformer_options": {}}
     def one_call():
-        start, grid = locate(kind, args, ctx, patch=2)
-        x_image = image_input(args, start, grid)
-        out = {"img": seq + 1.0}
-        return apply(patch, TokenBlockView(x_image, out["img"], start, grid), ctx, out)
+        return patched_block(patch, tokens, args, lambda a: {"img": a["img"] + 1.0}, ctx, patch_size=2)
 
     one_call()  # fills the caches
     with HostReads() as reads:

@@ -2,10 +2,11 @@
 replacement (``transformer_options["patches_replace"]["dit"][(kind, i)]``) with a dict of inputs and returning a
 dict of outputs.
 
-The generated image is a patchified grid of ``h x w`` tokens (2 x 2 latent patches, padded when odd). Double
-(dual-stream) blocks keep it in their ``img`` stream, followed by any reference-image tokens (Flux Kontext, Flux.2
-and Qwen-Image edit); single blocks of Flux see one sequence ``cat(txt, img, refs)``. A view exposes only the
-generated image's own tokens: edits, masks, heatmaps and collection never touch text or reference tokens.
+The generated image is a patchified grid of ``h x w`` tokens (``patch`` x ``patch`` latent patches, padded when
+odd) somewhere in one stream of the block's sequence; a family's :class:`TokenLayout` says where. Flux's double
+(dual-stream) blocks keep it at the start of their ``img`` stream, followed by any reference-image tokens (Flux
+Kontext, Flux.2 and Qwen-Image edit); its single blocks see one sequence ``cat(txt, img, refs)``. A view exposes
+only the generated image's own tokens: edits, masks, heatmaps and collection never touch text or reference tokens.
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from torch import Tensor
 
 from ..errors import SAEInputError
 from .context import CallContext
-from .layout import Block, BlockLayout
-from .patch import for_sae
+from .patch import BlockPatch, apply, for_sae, reads_block_input
 
 DOUBLE, SINGLE = "double_block", "single_block"  # ComfyUI's replacement keys
 
@@ -34,16 +34,63 @@ def token_grid(latent_shape: tuple[int, ...] | None, patch: int) -> tuple[int, i
     return (h + patch // 2) // patch, (w + patch // 2) // patch
 
 
+class TokenLayout:
+    """Where one kind of block holds the generated image's tokens: in the sequence ``args[stream]`` (and the output
+    ``out[stream]``), starting at ``image_start``. This base class is the image at the start of its stream
+    (Flux's double blocks, SD3's joint blocks, Qwen-Image's blocks: the image, then any reference tokens)."""
+
+    stream = "img"
+
+    def image_start(self, sequence: Tensor, n_image: int, args: dict, ctx: CallContext, patch: int) -> int:
+        return 0
+
+    def view(self, x_image: Tensor | None, out: dict, start: int, grid: tuple[int, int]) -> TokenBlockView:
+        """What a patch sees of one call (a layout with other tensors can return another BlockView)."""
+        return TokenBlockView(x_image, out, self.stream, start, grid)
+
+
+class ImageAfterText(TokenLayout):
+    """One sequence ``cat(txt, img, refs)`` (Flux's single blocks): ComfyUI 0.33+ says where the text ends
+    (``transformer_options["img_slice"]``); before, the image is counted back from the end past the references."""
+
+    def image_start(self, sequence: Tensor, n_image: int, args: dict, ctx: CallContext, patch: int) -> int:
+        img_slice = (args.get("transformer_options") or {}).get("img_slice")
+        if isinstance(img_slice, (list, tuple)) and img_slice:
+            return int(img_slice[0])
+        return sequence.shape[1] - n_image - ctx.ref_tokens(patch)
+
+
+IMAGE_FIRST, IMAGE_AFTER_TEXT = TokenLayout(), ImageAfterText()
+
+
+def locate(tokens: TokenLayout, args: dict, ctx: CallContext, patch: int) -> tuple[int, tuple[int, int]]:
+    """(start, grid) of the generated image's tokens in this call's sequence, checked."""
+    grid = token_grid(ctx.latent_shape, patch)
+    sequence = args[tokens.stream]
+    start = tokens.image_start(sequence, grid[0] * grid[1], args, ctx, patch)
+    length = sequence.shape[1]
+    if start < 0 or start + grid[0] * grid[1] > length:
+        raise SAEInputError(f"the block's sequence of {length} tokens does not hold the {grid[0]}x{grid[1]} "
+                            f"image tokens at {start}; this model's token layout is not supported")
+    return start, grid
+
+
 @dataclass(frozen=True)
 class TokenBlockView:
-    """One call of a DiT block: the generated image's ``grid`` tokens at ``start`` of the output sequence ``y_out``
-    (N, L, C), and the same tokens of the input (``x_image``, (N, h*w, C)), copied before the block ran: ComfyUI's
-    Flux blocks add their update to their input in place. None when the patch reads only the output."""
+    """One call of a DiT block: the generated image's ``grid`` tokens at ``start`` of the output sequence
+    ``out[stream]`` (N, L, C), and the same tokens of the input (``x_image``, (N, h*w, C)), copied before the block
+    ran (ComfyUI's Flux blocks add their update to their input in place); None when the patch reads only the
+    output."""
 
     x_image: Tensor | None
-    y_out: Tensor
+    out: dict
+    stream: str
     start: int
     grid: tuple[int, int]
+
+    @property
+    def y_out(self) -> Tensor:
+        return self.out[self.stream]
 
     @property
     def n_rows(self) -> int:
@@ -61,78 +108,31 @@ class TokenBlockView:
             u = u - for_sae(self.x_image)
         return u.reshape(u.shape[0], *self.grid, u.shape[-1])
 
-    def with_delta(self, delta: Tensor) -> Tensor:
+    def with_delta(self, delta: Tensor) -> dict:
+        """The block's output dict with ``delta`` (N, h, w, C) added to the image tokens of its stream."""
         y = self.y_out
         edited = y[:, self.start:self.stop] + delta.reshape(delta.shape[0], -1, delta.shape[-1]).to(y.dtype)
-        return torch.cat([y[:, :self.start], edited, y[:, self.stop:]], dim=1)
-
-
-def image_start(kind: str, args: dict, grid: tuple[int, int], ctx: CallContext, patch: int) -> int:
-    """Where the generated image's tokens start in the block's ``img`` sequence."""
-    if kind != SINGLE:
-        return 0
-    options = args.get("transformer_options") or {}
-    img_slice = options.get("img_slice")  # ComfyUI 0.33+: [text tokens, ...]
-    if isinstance(img_slice, (list, tuple)) and img_slice:
-        return int(img_slice[0])
-    return args["img"].shape[1] - grid[0] * grid[1] - ctx.ref_tokens(patch)  # cat(txt, img, refs)
-
-
-def locate(kind: str, args: dict, ctx: CallContext, patch: int) -> tuple[int, tuple[int, int]]:
-    """(start, grid) of the generated image's tokens in this call's ``img`` sequence, checked."""
-    grid = token_grid(ctx.latent_shape, patch)
-    start = image_start(kind, args, grid, ctx, patch)
-    length = args["img"].shape[1]
-    if start < 0 or start + grid[0] * grid[1] > length:
-        raise SAEInputError(f"the block's sequence of {length} tokens does not hold the {grid[0]}x{grid[1]} "
-                            f"image tokens at {start}; this model's token layout is not supported")
-    return start, grid
-
-
-def image_input(args: dict, start: int, grid: tuple[int, int]) -> Tensor:
-    """A copy of the image tokens of the block's input, taken before the block runs."""
-    return args["img"][:, start:start + grid[0] * grid[1]].clone()
-
-
-def block_view(kind: str, args: dict, out: dict, ctx: CallContext, patch: int,
-               x_image: Tensor | None = None) -> TokenBlockView:
-    """The view of a call whose input image tokens (``x_image``, from :func:`image_input`) were kept; without them,
-    taken from ``args`` now (right only for blocks that do not write into their input)."""
-    start, grid = locate(kind, args, ctx, patch)
-    if x_image is None:
-        x_image = image_input(args, start, grid)
-    return TokenBlockView(x_image, out["img"], start, grid)
+        return {**self.out, self.stream: torch.cat([y[:, :self.start], edited, y[:, self.stop:]], dim=1)}
 
 
 @dataclass(frozen=True)
 class BlockList:
-    """One kind of block of a DiT family: where its modules are, and how each notation names block i."""
+    """One numbered list of a DiT family's blocks: how ComfyUI replaces them, where their modules are, how each
+    notation names block i, and where a call holds the image's tokens."""
 
-    kind: str          # DOUBLE or SINGLE: ComfyUI's replacement key
-    attribute: str     # the ModuleList on the diffusion model (double_blocks, joint_blocks, ...)
-    diffusers: str     # diffusers prefix (transformer_blocks, single_transformer_blocks)
+    kind: str                    # DOUBLE or SINGLE: ComfyUI's replacement key
+    attribute: str               # the ModuleList on the diffusion model (double_blocks, joint_blocks, ...)
+    diffusers: str               # diffusers prefix (transformer_blocks, single_transformer_blocks)
+    short: tuple[str, ...]       # short codes: the first is printed, the others accepted (block, double, ...)
+    tokens: TokenLayout = IMAGE_FIRST
 
 
-@dataclass(frozen=True)
-class DiTFamily:
-    """What SAE Lab needs to know about one DiT architecture; each lives in a small file in ``families/``."""
-
-    name: str                      # model_family of SAEs trained on it: flux, sd3, qwen_image
-    title: str                     # as users call it, for messages
-    class_names: tuple[str, ...]   # ComfyUI diffusion-model classes (matched by name: no ComfyUI import here)
-    blocks: tuple[BlockList, ...]
-    width: Callable[[object], int]  # hidden size, from the diffusion model
-
-    def matches(self, diffusion_model) -> bool:
-        return any(cls.__name__ in self.class_names for cls in type(diffusion_model).__mro__) and \
-            all(hasattr(diffusion_model, b.attribute) for b in self.blocks)
-
-    def layout(self, diffusion_model, label: str) -> BlockLayout:
-        width = int(self.width(diffusion_model))
-        blocks = [Block(f"{b.diffusers}.{i}", f"{b.attribute}.{i}", width, kind=b.kind, index=i)
-                  for b in self.blocks for i in range(len(getattr(diffusion_model, b.attribute)))]
-        return BlockLayout(label, blocks)
-
-    def patch_size(self, diffusion_model) -> int:
-        size = getattr(diffusion_model, "patch_size", 2)
-        return int(size[-1] if isinstance(size, (tuple, list)) else size)
+def patched_block(patch: BlockPatch, tokens: TokenLayout, args: dict, run_block: Callable[[dict], dict],
+                  ctx: CallContext, patch_size: int) -> dict:
+    """What a patched DiT block returns: ``run_block(args)``'s own dict when the patch changes nothing. The image
+    tokens of the input are copied first, and only for a patch that will read them (blocks update in place)."""
+    start, grid = locate(tokens, args, ctx, patch_size)
+    sequence = args[tokens.stream]
+    x_image = sequence[:, start:start + grid[0] * grid[1]].clone() if reads_block_input(patch, ctx) else None
+    out = run_block(args)
+    return apply(patch, tokens.view(x_image, out, start, grid), ctx, out)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..errors import SAEInputError
 from .context import CallContext
-from .passes import row_signs
+from .passes import PassRows
 
 
 def check_mask(mask: Tensor | None) -> Tensor | None:
@@ -51,15 +51,15 @@ class EditWeights:
 
     def __init__(self, mask: Tensor | None, passes: str):
         self.mask = None if mask is None else check_mask(mask.detach()).float().cpu()
-        self.passes = passes
+        self.rows = PassRows(passes)
         self._cache: dict[tuple, tuple[Tensor, bool]] = {}
 
     def weights(self, ctx: CallContext, n_rows: int, grid: tuple[int, int], like: Tensor) -> tuple[Tensor, bool]:
         key = (ctx.chunk_kinds, n_rows, grid, like.device, like.dtype)
         hit = self._cache.get(key)
         if hit is None:
-            signs = row_signs(ctx.chunk_kinds, n_rows, self.passes)
-            pooled = pool_mask(self.mask, n_rows, grid, len(ctx.chunk_kinds or (0,)))
+            signs = self.rows.host_signs(ctx, n_rows)
+            pooled = pool_mask(self.mask, n_rows, grid, max(len(ctx.chunk_kinds), 1))
             host = pooled * signs[:, None, None]
             # under torch.compile a value read would break the graph: edit, with zero weights where none apply
             active = True if torch.compiler.is_compiling() else bool(host.any())

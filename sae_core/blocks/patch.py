@@ -34,11 +34,25 @@ class BlockView(Protocol):
         """The block's output with ``delta`` (N, h, w, C) added at the generated image's positions."""
 
 
-class BlockPatch(Protocol):
-    input_kind: str | None  # what the patch reads: "diff" needs the block's input kept (adapters copy it first)
+class BlockPatch:
+    """The base class of SAE Lab's patches (as diffusers' ModelHook: every method but ``__call__`` is a documented
+    no-op). Adapters call ``skips`` before the block runs and ``__call__`` after it; the APPLY_MODEL wrapper calls
+    ``prepare`` once per model call, before any block runs."""
+
+    input_kind: str | None = "diff"  # what the patch reads: "diff" needs the block's input kept (adapters copy it)
+
+    def prepare(self, ctx: CallContext, device: torch.device) -> None:
+        """Before each model call, outside any region torch.compile traces: build caches and casts on ``device``
+        (host work that the block call must not do). Nothing by default."""
+
+    def skips(self, ctx: CallContext) -> bool:
+        """True when this call certainly changes and reads nothing (a host fact: idle, or outside the window), so
+        adapters need not keep the block's input. False by default."""
+        return False
 
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
         """The change of the SAE input (N, h, w, C), or None when the output stays exactly as it is."""
+        raise NotImplementedError
 
 
 HALF = (torch.float16, torch.bfloat16)
@@ -54,13 +68,13 @@ def for_sae(t: Tensor) -> Tensor:
 def reads_block_input(patch: BlockPatch, ctx: CallContext) -> bool:
     """Whether ``patch`` will read the block's input in this call: adapters whose blocks update their input in place
     (Flux) copy it first, which is wasted on a patch that is idle or outside its window (``skips(ctx)``)."""
-    if getattr(patch, "input_kind", "diff") != "diff":
-        return False
-    skips = getattr(patch, "skips", None)
-    return not (skips is not None and skips(ctx))
+    return patch.input_kind == "diff" and not patch.skips(ctx)
 
 
 def apply(patch: BlockPatch, view: BlockView, ctx: CallContext, output: Any) -> Any:
-    """What the patched block returns: its own output object when the patch changes nothing (bit-identical)."""
+    """What the patched block returns: its own output object when the patch skips this call or changes nothing
+    (bit-identical)."""
+    if patch.skips(ctx):
+        return output
     delta = patch(view, ctx)
     return output if delta is None else view.with_delta(delta)

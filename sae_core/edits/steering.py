@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..blocks.context import CallContext, StepWindow
 from ..blocks.masks import EditWeights
-from ..blocks.patch import BlockView
+from ..blocks.patch import BlockPatch, BlockView
 from ..errors import SAEInputError
 from ..sae.feature_ids import FeatureEdit
 from ..sae.model import SparseAutoencoder
@@ -79,7 +79,7 @@ class FeatureSteering:
         return norm.undo_delta(du) if norm is not None else du
 
 
-class SteerPatch:
+class SteerPatch(BlockPatch):
     """The per-call edit installed on one block: gating by sigma window, pass and mask, then ``du``."""
 
     def __init__(self, steering: FeatureSteering, window: StepWindow, passes: str, mask: Tensor | None):
@@ -98,8 +98,6 @@ class SteerPatch:
         return self.steering.idle or not self.window.contains(ctx.sigma)
 
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
-        if self.skips(ctx):
-            return None
         u = view.sae_input(self.steering.sae.input_kind)
         weight, any_weight = self.weights.weights(ctx, view.n_rows, view.grid, u)
         if not any_weight:

@@ -35,12 +35,12 @@ from torch import Tensor
 
 from ..blocks import host
 from ..blocks.context import ALWAYS, CallContext, StepWindow, nearest
-from ..blocks.passes import UNLEARN_PASSES, row_signs
-from ..blocks.patch import BlockView
+from ..blocks.passes import UNLEARN_PASSES, PassRows
+from ..blocks.patch import BlockPatch, BlockView
 from ..errors import SAEInputError
 from ..observe.concept_profile import ConceptProfile, feature_scores
 from ..sae.model import SparseAutoencoder
-from ..validate import check_choice, check_number
+from ..validate import check_number
 
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_MULTIPLIER = -1.0
@@ -243,23 +243,21 @@ def edit_coefficients(z: Tensor, thr: Tensor, scales: Tensor, blockers: Tensor |
     return torch.where(fire, z * (scales - 1), torch.zeros_like(z))
 
 
-class UnlearnPatch:
+class UnlearnPatch(BlockPatch):
     """The per-call edit of SAEUnlearnConcept on one block: ``y + sum_f (z'_f - z_f) d_f``."""
 
     PREFILTER_MARGIN = 1e-2  # relative slack of the cheap pre-activation bound (rounding differs from the full encode)
 
     def __init__(self, sae: SparseAutoencoder, selections: list[ConceptSelection], window: StepWindow = ALWAYS,
                  passes: str = "both"):
-        check_choice("passes", passes, UNLEARN_PASSES)
+        self.rows = PassRows(passes, UNLEARN_PASSES)
         if not selections:
             raise SAEInputError("no concept to unlearn")
         self.sae = sae
         self.input_kind = sae.input_kind
         self.selections = list(selections)
         self.window = window
-        self.passes = passes
         self._tables: dict[tuple[int, ...], _Table] = {}
-        self._row_cache: dict[tuple, tuple[Tensor, bool]] = {}
         self._steps: _StepStack | None = None  # every step's entries, for the accelerator path
         self._edited_host, self._edited_device = 0, None  # running count of edited positions, for diagnostics
         self.encoded_positions = 0  # positions that needed the full SAE encode (CPU path)
@@ -271,6 +269,10 @@ class UnlearnPatch:
         if device.type == "cpu" and self.window.contains(ctx.sigma):
             self.table(ctx).tensors(torch.empty(0, device=device))
 
+    def skips(self, ctx: CallContext) -> bool:
+        """Outside its window (a host fact): the block's input need not be kept."""
+        return not self.window.contains(ctx.sigma)
+
     def steps_for(self, ctx: CallContext) -> tuple[int, ...]:
         return tuple(match_step(s.profile.sigmas, ctx.sigma, ctx.step, ctx.n_steps) for s in self.selections)
 
@@ -281,17 +283,6 @@ class UnlearnPatch:
             self._tables[key] = _Table(self.sae, entries)
         return self._tables[key]
 
-    def _rows(self, ctx: CallContext, n_rows: int, device: torch.device) -> tuple[Tensor, bool]:
-        """(N,) bool of the rows of the chosen passes, on the device, and whether there is any: host facts, cached."""
-        key = (ctx.chunk_kinds, n_rows, device)
-        hit = self._row_cache.get(key)
-        if hit is None:
-            on_host = row_signs(ctx.chunk_kinds, n_rows, self.passes) != 0
-            active = True if torch.compiler.is_compiling() else bool(on_host.any())  # no value read in a graph
-            hit = (on_host.to(device), active)
-            self._row_cache[key] = hit
-        return hit
-
     @property
     def edited_positions(self) -> int:
         """Positions edited so far (device counts are read here, not in the patch)."""
@@ -299,12 +290,11 @@ class UnlearnPatch:
 
     @torch.no_grad()
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
-        if not self.window.contains(ctx.sigma):
-            return None
         u = view.sae_input(self.sae.input_kind)
-        rows, any_rows = self._rows(ctx, view.n_rows, u.device)
+        signs, any_rows = self.rows.signs(ctx, view.n_rows, u)
         if not any_rows:
             return None
+        rows = signs != 0
         if host.host_reads_are_free(u):
             table = self.table(ctx)
             if not table.size:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..blocks.passes import KIND_NAMES, PASS_NAMES
+from ..blocks.passes import KIND_NAMES, NEGATIVE, PASS_NAMES
 from ..errors import SAEInputError
 from ..sae.feature_ids import parse_feature_list
 from ..sae.model import SparseCode
@@ -124,7 +124,7 @@ def select(recording: Recording, pass_name: str = "positive", batch: int = 0, st
     kinds_seen = sorted({k for c in recording.calls for k in c.chunk_kinds})
     if kind not in kinds_seen:
         seen = ", ".join(KIND_NAMES.get(k, str(k)) for k in kinds_seen)
-        hint = " (at cfg 1 the sampler runs no negative pass)" if kind == 1 else ""
+        hint = " (at cfg 1 the sampler runs no negative pass)" if kind == NEGATIVE else ""
         raise SAEInputError(f"no {pass_name} pass was recorded{hint}; recorded passes: {seen}")
     n_batch = recorded_batch(recording)
     if batch != ALL and not 0 <= batch < n_batch:

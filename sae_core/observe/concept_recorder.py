@@ -7,14 +7,14 @@ from torch import Tensor
 
 from ..blocks.context import CallContext
 from ..blocks.names import diffusers_name
-from ..blocks.passes import POSITIVE, row_kind_list
-from ..blocks.patch import BlockView
+from ..blocks.passes import PassRows
+from ..blocks.patch import BlockPatch, BlockView
 from ..errors import SAEInputError
 from ..sae.model import SparseAutoencoder
 from .concept_profile import GROUPS, ConceptProfile
 
 
-class ConceptRecordPatch:
+class ConceptRecordPatch(BlockPatch):
     """A block patch that records position-averaged SAE latents of the positive pass, per step and group.
 
     Set ``group`` (``"target"`` or ``"other"``) before sampling each batch. Changes nothing in the block's
@@ -31,6 +31,7 @@ class ConceptRecordPatch:
         self.sigmas: tuple[float, ...] | None = None
         self._sums: dict[str, Tensor] = {}
         self._rows: dict[str, list[int]] = {}
+        self.positive = PassRows("positive")
 
     def position_mean(self, u: Tensor) -> Tensor:
         """(rows, n_latents) float32: each row's latents averaged over its positions; u is (rows, h, w, C)."""
@@ -54,7 +55,7 @@ class ConceptRecordPatch:
         elif len(schedule) != len(self.sigmas):
             raise SAEInputError(f"the schedule changed between batches ({len(self.sigmas)} then {len(schedule)} "
                                 f"steps); record a profile with one sampler setting")
-        rows = [r for r, kind in enumerate(row_kind_list(ctx.chunk_kinds, view.n_rows)) if kind == POSITIVE]
+        rows = self.positive.indices(ctx, view.n_rows)
         if not rows:
             return None
         u = view.sae_input(self.sae.input_kind)

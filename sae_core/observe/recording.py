@@ -17,7 +17,8 @@ from torch import Tensor
 
 from ..blocks.context import CallContext
 from ..blocks.host import HostCopies
-from ..blocks.patch import BlockView
+from ..blocks.passes import POSITIVE
+from ..blocks.patch import BlockPatch, BlockView
 from ..sae.model import SparseAutoencoder
 
 DENSE_SAE_KEEP = 64  # latents kept per position for SAEs without a k
@@ -95,7 +96,7 @@ class Recording:
             self.begin_run(ctx.n_steps)
         rows, h, w, k = values.shape
         self.run.calls.append(RecordedCall(
-            step=ctx.step, sigma=ctx.sigma, chunk_kinds=tuple(ctx.chunk_kinds) or (0,), grid=(h, w),
+            step=ctx.step, sigma=ctx.sigma, chunk_kinds=tuple(ctx.chunk_kinds) or (POSITIVE,), grid=(h, w),
             values=self._copies.copy(values.detach().reshape(rows, h * w, k).clamp(max=FP16_MAX).to(torch.float16)),
             indices=self._copies.copy(indices.detach().reshape(rows, h * w, k).to(self.index_dtype)),
         ))
@@ -117,7 +118,7 @@ class Recording:
                 f"{len(steps)} steps, {self.nbytes() / 1e6:.2f} MB")
 
 
-class RecordPatch:
+class RecordPatch(BlockPatch):
     """Block patch that encodes the SAE input of every call and stores its sparse code.
 
     It changes nothing: recording never changes what the model computes.

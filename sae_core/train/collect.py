@@ -12,14 +12,14 @@ from torch import Tensor
 
 from ..blocks.context import CallContext
 from ..blocks.host import HostCopies
-from ..blocks.passes import NEGATIVE, POSITIVE, STORE_PASSES, row_kind_list
-from ..blocks.patch import INPUT_KINDS, BlockView
+from ..blocks.passes import STORE_PASSES, PassRows, row_kind_list
+from ..blocks.patch import INPUT_KINDS, BlockPatch, BlockView
 from ..validate import check_choice, check_number
 from .data import derive_seed
 from .dataset import DTYPES, ActivationDatasetWriter, ShardData, ShardPlan
 
 
-class CollectPatch:
+class CollectPatch(BlockPatch):
     """A block patch that stores what an SAE at this block would encode and changes nothing.
 
     Rows of the chosen passes are copied to the CPU in the storage dtype, one row per position of the generated
@@ -31,7 +31,7 @@ class CollectPatch:
     def __init__(self, input_kind: str, passes: str = "positive", dtype: str = "fp16", positions: int = 0,
                  seed: int = 0):
         self.input_kind = check_choice("store", input_kind, INPUT_KINDS)
-        self.passes = check_choice("passes", passes, STORE_PASSES)
+        self.rows = PassRows(passes, STORE_PASSES)
         self.dtype = DTYPES[check_choice("dtype", dtype, DTYPES)]
         self.positions = int(check_number("positions_per_image", positions, 0, 1 << 20, integer=True))
         self.seed = seed
@@ -49,8 +49,7 @@ class CollectPatch:
     def __call__(self, view: BlockView, ctx: CallContext) -> None:
         with torch.no_grad():
             kinds = row_kind_list(ctx.chunk_kinds, view.n_rows)  # host facts: the pass of each row
-            wanted = (POSITIVE, NEGATIVE) if self.passes == "both" else (POSITIVE,)
-            rows = [r for r, kind in enumerate(kinds) if kind in wanted]
+            rows = self.rows.indices(ctx, view.n_rows)
             if not rows:
                 return None
             u = view.sae_input(self.input_kind)  # (N, h, w, C)

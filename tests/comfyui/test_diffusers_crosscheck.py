@@ -40,6 +40,7 @@ import comfy.utils
 comfy_harness.load_pack()
 from sae_lab_pack.nodes.patching import install_block_patch, model_block_layout  # noqa: E402
 from sae_lab_pack.sae_core.blocks.names import strip_prefix  # noqa: E402
+from sae_lab_pack.sae_core.blocks.patch import BlockPatch  # noqa: E402
 
 TOLERANCE = 1e-4          # max |comfy - diffusers| / max |diffusers|, per block, fp32
 DIT_LATENT = (16, 24)     # 8 x 12 tokens: a non-square grid catches a transposed row/column order
@@ -109,7 +110,7 @@ def load_from_comfy(diffusers_model: torch.nn.Module, key_map: dict, comfy_model
     diffusers_model.eval()
 
 
-class UpdateRecorder:
+class UpdateRecorder(BlockPatch):
     """A BlockPatch recording the update SAE Lab gives an SAE (``view.sae_input("diff")``); it changes nothing."""
 
     def __init__(self):

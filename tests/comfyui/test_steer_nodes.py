@@ -11,7 +11,7 @@ import comfy.utils
 
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder, save_sae  # noqa: E402  (the pack's own copy)
-from sae_lab_pack.sae_core.blocks.layout import SD15_LAYOUT, SDXL_LAYOUT  # noqa: E402
+from sae_lab_pack.sae_core.blocks.families.unet import SD15, SDXL  # noqa: E402
 from sae_lab_pack.nodes.patching import model_block_layout  # noqa: E402
 from sae_lab_pack.nodes.sae import SAELoader  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
@@ -55,7 +55,7 @@ def active_feature(sae, x, y) -> int:
 
 
 # ---------------------------------------------------------------- layouts
-@pytest.mark.parametrize("family, table", [("sdxl", SDXL_LAYOUT), ("sd15", SD15_LAYOUT)])
+@pytest.mark.parametrize("family, table", [("sdxl", SDXL.static_layout), ("sd15", SD15.static_layout)])
 def test_layout_derived_from_comfyui_matches_the_reference_table(family, table, request):
     layout = model_block_layout(request.getfixturevalue(family))
     assert [(b.diffusers, b.comfy) for b in layout] == [(b.diffusers, b.comfy) for b in table]
@@ -284,12 +284,16 @@ def test_every_node_schema_is_valid_for_this_comfyui():
 
 def test_call_context_in_a_real_run_gives_passes_and_steps(sdxl):
     from sae_lab_pack.nodes.patching import install_block_patch
+    from sae_lab_pack.sae_core.blocks.patch import BlockPatch
 
     seen = []
 
-    def spy(view, ctx):
-        seen.append(ctx)
-        return None
+    class Spy(BlockPatch):
+        def __call__(self, view, ctx):
+            seen.append(ctx)
+            return None
+
+    spy = Spy()
 
     block = model_block_layout(sdxl).resolve("mid.0")
     pos, neg = random_conditioning()

@@ -17,6 +17,7 @@ import comfy.utils
 
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder  # noqa: E402  (the pack's own copy)
+from sae_lab_pack.sae_core.blocks.patch import BlockPatch  # noqa: E402
 from sae_lab_pack.sae_core.blocks.unet import to_tokens  # noqa: E402
 from sae_lab_pack.sae_core.observe.concept_profile import ConceptProfile  # noqa: E402
 from sae_lab_pack.sae_core.edits.unlearn import UnlearnPatch, match_step, select_concept  # noqa: E402
@@ -143,9 +144,12 @@ def test_n_step_profile_applies_to_an_m_step_run_by_sigma(setup):
     patch = UnlearnPatch(setup.sae, selections)
     seen = []
 
-    def spy(view, ctx):
-        seen.append((ctx.sigma, patch.steps_for(ctx)[0]))
-        return patch(view, ctx)
+    class Spy(BlockPatch):
+        def __call__(self, view, ctx):
+            seen.append((ctx.sigma, patch.steps_for(ctx)[0]))
+            return patch(view, ctx)
+
+    spy = Spy()
 
     block = model_block_layout(setup.model).resolve(setup.hook)
     run_steps = 3

@@ -1,13 +1,57 @@
-"""The diffusion-transformer families SAE Lab patches. Each module describes one family as a
-:class:`..dit.DiTFamily` (its ComfyUI class, its block lists and their diffusers names, its width); adding a
-family is one small module here plus its name in ``FAMILIES``."""
+"""The registered model families. Each built-in one is a small module here declaring a
+:class:`..family.UNetFamily` or :class:`..family.DiTFamily`; another is added with :func:`register` (from a module of
+its own, a test or another pack), and every parser, layout and node then knows it."""
 from __future__ import annotations
 
-from ..dit import DiTFamily
-from . import flux, qwen_image, sd3
+from ..family import DiTFamily, Family, UNetFamily
+from ..notation import strip_prefix
+from . import flux, qwen_image, sd3, unet
 
-FAMILIES: tuple[DiTFamily, ...] = (flux.FAMILY, sd3.FAMILY, qwen_image.FAMILY)
+FAMILIES: list[Family] = [unet.SDXL, unet.SD15, flux.FAMILY, sd3.FAMILY, qwen_image.FAMILY]
+
+
+def register(family: Family) -> Family:
+    """Add ``family`` (first, so its names win over older ones'); one with the same name is replaced."""
+    unregister(family)
+    FAMILIES.insert(0, family)
+    return family
+
+
+def unregister(family: Family) -> None:
+    FAMILIES[:] = [f for f in FAMILIES if f.name != family.name]
+
+
+def dit_families() -> list[DiTFamily]:
+    return [f for f in FAMILIES if isinstance(f, DiTFamily)]
+
+
+def unet_families() -> list[UNetFamily]:
+    return [f for f in FAMILIES if isinstance(f, UNetFamily)]
+
+
+def _most_specific(candidates: list[tuple[int | None, Family]]) -> Family | None:
+    found = [(depth, i, f) for i, (depth, f) in enumerate(candidates) if depth is not None]
+    return min(found, key=lambda t: t[:2])[2] if found else None
 
 
 def family_of(diffusion_model) -> DiTFamily | None:
-    return next((f for f in FAMILIES if f.matches(diffusion_model)), None)
+    """The DiT family of a ComfyUI diffusion model (its class or the nearest ancestor named by a family)."""
+    return _most_specific([(f.match_depth(diffusion_model) if f.matches(diffusion_model) else None, f)
+                           for f in dit_families()])
+
+
+def unet_family_of(model_config) -> UNetFamily | None:
+    """The U-Net family of a ComfyUI model config (``comfy.supported_models`` class), None for an unknown one."""
+    return _most_specific([(f.match_depth(model_config), f) for f in unet_families()])
+
+
+def infer_model_family(hookpoint: str | None, d_in: int) -> str | None:
+    """A U-Net family's name when exactly one released layout has this block at this width, else None."""
+    if not hookpoint:
+        return None
+    fits = []
+    for family in unet_families():
+        name = family.notation.diffusers(strip_prefix(hookpoint))
+        if name and any(b.diffusers == name and b.channels == d_in for b in family.static_layout):
+            fits.append(family.name)
+    return fits[0] if len(fits) == 1 else None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ...blocks.layout import infer_model_family
+from ...blocks.names import infer_model_family
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
 from .base import build_sae

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...blocks.layout import infer_model_family
+from ...blocks.names import infer_model_family
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
 from .base import build_sae

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ...blocks.layout import infer_model_family
-from ...blocks.names import diffusers_name, hookpoint_of
+from ...blocks.names import diffusers_name, hookpoint_of, infer_model_family
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
 from .base import build_sae
