@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the planted-dictionary data lives with the tests
+from planted_dictionary import planted_dictionary, recovery  # noqa: E402
+
 from sae_core.train import SAETrainer, TrainConfig, new_sae  # noqa: E402
-from sae_core.train.synthetic import planted_dictionary, recovery  # noqa: E402
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:

@@ -17,8 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..sae_core.atlas.feature_atlas import atlas_name_for
 from ..sae_core.errors import SAEInputError
-from ..sae_core.observe import analysis
-from ..sae_core.observe import views as feature_views
+from ..sae_core.observe import analysis, pictures
 from ..sae_core.observe.recording import Recording, RecordPatch
 from ..sae_core.render import COLORMAPS
 from ..sae_core.validate import check_choice, check_number
@@ -144,7 +143,7 @@ class SAETopFeatures(SAENode):
         selection = analysis.select(recording, pass_kind, batch_index, step)
         stats = analysis.rank_features(selection, top_n)
         table = analysis.format_table(stats, selection.description)
-        chart = feature_views.top_features_chart(stats, selection.description)
+        chart = pictures.top_features_chart(stats, selection.description)
         ids = ", ".join(str(f) for f in stats.ids())
         # the table shows on the node; the ids link to the SAE Atlas sidebar when this SAE has an atlas
         atlas = atlas_name_for(getattr(recording, "sae_path", None), folders.roots(folders.SAE_FOLDER)) or ""
@@ -184,7 +183,7 @@ class SAEFeatureHeatmap(SAENode):
                 io.Int.Input("columns", default=3, min=1, max=16, tooltip="Tiles per row of the grid."),
                 io.Int.Input("mask_feature", default=-1, min=-1, max=1_000_000,
                              tooltip="Feature for the MASK output: -1 = the first feature shown."),
-                io.Combo.Input("mask_upscale", options=list(feature_views.UPSCALE_MODES), default="nearest",
+                io.Combo.Input("mask_upscale", options=list(pictures.UPSCALE_MODES), default="nearest",
                                tooltip="How the MASK is upsampled from the block grid: nearest (blocky, as the "
                                        "overlays) or bilinear (smooth)."),
             ],
@@ -203,7 +202,7 @@ class SAEFeatureHeatmap(SAENode):
         spec = analysis.parse_features(features, recording.n_latents)
         check_choice("colormap", colormap, COLORMAPS)
         check_choice("pass", pass_kind, analysis.PASS_KINDS)
-        check_choice("mask_upscale", mask_upscale, feature_views.UPSCALE_MODES)
+        check_choice("mask_upscale", mask_upscale, pictures.UPSCALE_MODES)
         check_number("step", step, -1, 10000, integer=True)
         check_number("opacity", opacity, 0.0, 1.0)
         check_number("columns", columns, 1, 16, integer=True)
@@ -221,17 +220,17 @@ class SAEFeatureHeatmap(SAENode):
             shown = stats.ids()
             if every_step:
                 steps, maps = analysis.step_maps(selection, shown)
-                grids.append(feature_views.overlay_step_grid(picture, maps.numpy(), shown, steps,
+                grids.append(pictures.overlay_step_grid(picture, maps.numpy(), shown, steps,
                                                              colormap=colormap, alpha=opacity))
             else:
                 maps = analysis.feature_maps(selection, shown).numpy()
-                labels = [feature_views.tile_label(f, float(m), float(p))
+                labels = [pictures.tile_label(f, float(m), float(p))
                           for f, m, p in zip(shown, stats.mean, stats.peak)]
-                grids.append(feature_views.overlay_grid(picture, maps, labels, colormap=colormap,
+                grids.append(pictures.overlay_grid(picture, maps, labels, colormap=colormap,
                                                         alpha=opacity, columns=columns))
             target = shown[0] if mask_feature < 0 else mask_feature
             mask_map = analysis.feature_maps(selection, [target])[0].numpy()
-            masks.append(feature_views.feature_mask(mask_map, image.shape[1], image.shape[2], mask_upscale))
+            masks.append(pictures.feature_mask(mask_map, image.shape[1], image.shape[2], mask_upscale))
         return io.NodeOutput(image_tensor(*grids), torch.from_numpy(np.stack(masks)).float())
 
 
@@ -275,8 +274,8 @@ class SAEFeatureTimeline(SAENode):
         shown = stats.ids()
         steps, values = analysis.timeline(selection, shown)
         title = selection.description.rsplit(",", 1)[0]
-        chart = feature_views.timeline_chart(steps, shown, values.numpy(), title)
-        table = feature_views.timeline_table(steps, shown, values.numpy())
+        chart = pictures.timeline_chart(steps, shown, values.numpy(), title)
+        table = pictures.timeline_table(steps, shown, values.numpy())
         return io.NodeOutput(image_tensor(chart), table, ui=ui.PreviewText(table))
 
 

@@ -1,5 +1,2 @@
-"""Make the shared test helpers (checkpoint_writers, ...) importable from every test folder."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+"""Fixtures shared by every test module (the helper modules beside it are importable by name: pyproject.toml's
+pytest ``pythonpath``)."""

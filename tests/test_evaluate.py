@@ -29,6 +29,7 @@ from sae_core.evaluate.classifiers import (
     load_classifier,
     read_text_projection,
 )
+from sae_core.evaluate.image_folders import parse_name, parse_setting_folder
 from sae_core.evaluate.metrics import (
     UnlearningScores,
     average_scores,
@@ -38,7 +39,6 @@ from sae_core.evaluate.metrics import (
     predicted_classes,
     unlearning_scores,
 )
-from sae_core.evaluate.protocol import parse_name, parse_setting_folder
 from sae_core.evaluate.report import csv_text, format_rows, score_row
 from sae_core.evaluate.sweep import (
     BASE,

@@ -9,8 +9,7 @@ from sae_core import SparseAutoencoder, render
 from sae_core.blocks.context import CallContext
 from sae_core.blocks.unet import patched_output
 from sae_core.errors import SAEInputError
-from sae_core.observe import analysis
-from sae_core.observe import views as feature_views
+from sae_core.observe import analysis, pictures
 from sae_core.observe.recording import DENSE_SAE_KEEP, Recording, RecordPatch
 
 N_LATENTS, K = 32, 4
@@ -170,17 +169,17 @@ def test_overlay_of_a_planted_map_is_hot_exactly_where_planted():
     rec = recording_with([(ctx(0), code(1, (4, 6), {(0, 5): quarter(3.0, (4, 6))}))])
     maps = analysis.feature_maps(analysis.select(rec), [5]).numpy()
     image = np.full((64, 96, 3), 0.5, np.float32)  # 2:3 image, 16 px per grid cell
-    grid = render.pil_to_array(feature_views.overlay_grid(image, maps, ["#5"], columns=1))
+    grid = render.pil_to_array(pictures.overlay_grid(image, maps, ["#5"], columns=1))
     tile = grid[:64, :96].astype(int)
     inside = tile[:32, 48:]
     outside = np.ones((64, 96), bool)
     outside[:32, 48:] = False
     assert (inside[..., 0] > 150).all() and (inside[..., 2] < 100).all()  # red
     assert (tile[outside] == 128).all()  # untouched pixels
-    mask = feature_views.feature_mask(maps[0], 64, 96)
+    mask = pictures.feature_mask(maps[0], 64, 96)
     assert mask.shape == (64, 96) and mask.max() == 1.0
     assert (mask[:32, 48:] == 1.0).all() and (mask[outside] == 0.0).all()
-    smooth = feature_views.feature_mask(maps[0], 64, 96, "bilinear")
+    smooth = pictures.feature_mask(maps[0], 64, 96, "bilinear")
     assert 0.0 <= smooth.min() and smooth.max() <= 1.0 and smooth[8, 80] == pytest.approx(1.0)
     assert smooth[56, 8] == pytest.approx(0.0) and 0 < smooth[31, 60] < 1  # soft edge at the boundary
 
@@ -190,7 +189,7 @@ def test_other_colormaps_and_step_grid():
     sel = analysis.select(rec)
     steps, maps = analysis.step_maps(sel, [5, 0])
     image = np.zeros((32, 32, 3), np.float32)
-    grid = feature_views.overlay_step_grid(image, maps.numpy(), [5, 0], steps, colormap="viridis")
+    grid = pictures.overlay_step_grid(image, maps.numpy(), [5, 0], steps, colormap="viridis")
     assert grid.size[0] == 3 * 32 + 2 * 4  # one column per step
     yellow = render.pil_to_array(grid)[2, 30]
     assert yellow[0] > 100 and yellow[1] > 100 and yellow[2] < 60  # viridis' top is yellow
@@ -200,9 +199,9 @@ def test_timeline_and_charts():
     rec = recording_with([(ctx(s), code(1, plant={(0, 5): quarter(float(s))})) for s in range(4)])
     steps, values = analysis.timeline(analysis.select(rec), [5])
     assert steps == [0, 1, 2, 3] and values[:, 0].tolist() == pytest.approx([0, 0.25, 0.5, 0.75])
-    table = feature_views.timeline_table(steps, [5], values.numpy())
+    table = pictures.timeline_table(steps, [5], values.numpy())
     assert table.splitlines()[0].split() == ["step", "#5"] and table.splitlines()[-1].split() == ["3", "0.75"]
-    chart = feature_views.timeline_chart(steps, [5], values.numpy(), "t")
+    chart = pictures.timeline_chart(steps, [5], values.numpy(), "t")
     assert (np.abs(render.pil_to_array(chart).astype(int) - render.PALETTE[0]) <= 10).all(-1).sum() > 50
 
 
@@ -229,8 +228,8 @@ def test_errors_say_what_is_wrong_and_what_is_valid():
     with pytest.raises(SAEInputError, match="'top N'"):
         analysis.parse_features("six", N_LATENTS)
     with pytest.raises(SAEInputError, match="is 96x64 px but the recorded block grid is 4x4"):
-        feature_views.check_aspect((4, 4), 64, 96)
-    feature_views.check_aspect((17, 16), 520, 512)  # odd latent sizes round up on the grid
+        analysis.check_aspect((4, 4), 64, 96)
+    analysis.check_aspect((17, 16), 520, 512)  # odd latent sizes round up on the grid
 
 
 def test_aggregated_code_is_the_row_itself_or_the_step_mean():

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from planted_dictionary import planted_dictionary
 
 from sae_core import load_sae
 from sae_core.cli import main
 from sae_core.train.checkpoint import load_checkpoint
-from sae_core.train.synthetic import planted_dictionary
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "feature_mean", "feature_std", "feature_firing_rate")

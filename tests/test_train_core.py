@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from planted_dictionary import distinct_picks, planted_dictionary, recovery
 
 from sae_core import load_sae
 from sae_core.errors import SAEInputError
 from sae_core.train import ActivationSource, RunFiles, SAETrainer, TrainConfig, new_sae, train_sae
 from sae_core.train.checkpoint import CheckpointMismatch, load_checkpoint
-from sae_core.train.synthetic import distinct_picks, planted_dictionary, recovery
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from sae_core.errors import SAEFormatError, SAEInputError
-from sae_core.train.data import ActivationSource, ShuffledStream
 from sae_core.train.dataset import ActivationDatasetWriter, ShardData, ShardPlan
+from sae_core.train.stream import ActivationSource, ShuffledStream
 
 
 def numbered(n: int, start: int = 0, d: int = 4) -> torch.Tensor:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..errors import SAEInputError
 from ..render import bar_chart
+from ..tables import text_table
 from .labels import ShownLabel
 
 MAX_QUERY_WORDS = 20
@@ -116,11 +117,13 @@ def ids_text(found: list[LabelMatch]) -> str:
 
 
 def matches_table(found: list[LabelMatch], title: str) -> str:
-    lines = [title, f"{'rank':>4}  {'feature':>7}  {'score':>5}  label (category, confidence)"]
-    for number, m in enumerate(found, 1):
+    def described(m: LabelMatch) -> str:
         extra = ", ".join(x for x in (m.label.category, m.label.confidence) if x)
-        lines.append(f"{number:>4}  {m.feature:>7}  {m.score:>5.2f}  {m.label.text}{f' ({extra})' if extra else ''}")
-    return "\n".join(lines)
+        return m.label.text + (f" ({extra})" if extra else "")
+
+    return text_table(("rank", "feature", "score", "label (category, confidence)"),
+                      [(n, m.feature, f"{m.score:.2f}", described(m)) for n, m in enumerate(found, 1)],
+                      align="rrrl", title=title)
 
 
 def matches_chart(found: list[LabelMatch], title: str) -> Image.Image:

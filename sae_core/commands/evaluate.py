@@ -31,7 +31,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..errors import SAEInputError
     from ..evaluate.classifiers import load_classifier
     from ..evaluate.fid import inception_extractor
-    from ..evaluate.protocol import evaluate_protocol
+    from ..evaluate.image_folders import evaluate_protocol
     from ..evaluate.report import format_rows, score_row, scores_chart, write_reports
     from ..validate import check_number
 

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from ..files import atomic_write_text
 from ..render import BACKGROUND, GRID_LINE, INK, PALETTE, font, text_size
+from ..tables import text_table
 from .metrics import UnlearningScores
 
 COLUMNS = ("concept", "setting", "percentile", "multiplier", "UA", "IRA", "CRA", "UA_IRA_mean", "FID", "images",
@@ -45,10 +46,7 @@ def format_rows(rows: Sequence[dict]) -> str:
     """A fixed-width text table (UA, IRA, CRA and their mean in percent)."""
     shown = ("concept", "setting", "UA", "IRA", "CRA", "UA_IRA_mean", "FID", "images", "best")
     heads = {"UA": "UA %", "IRA": "IRA %", "CRA": "CRA %", "UA_IRA_mean": "(UA+IRA)/2", "images": "n"}
-    table = [[heads.get(c, c) for c in shown]] + [[_cell(r.get(c)) for c in shown] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(shown))]
-    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths))).rstrip() for row in table)
+    return text_table([heads.get(c, c) for c in shown], [[_cell(r.get(c)) for c in shown] for r in rows], align="ll")
 
 
 def csv_text(rows: Sequence[dict]) -> str:

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..edits.unlearn import MAX_MULTIPLIER, PERCENTILE_RANGE
 from ..errors import SAEInputError
 from ..render import BACKGROUND, INK, as_uint8_image, font
+from ..tables import text_table
 from ..validate import check_number, check_text, shown
 from .classifiers import ImageClassifier, classify
 from .fid import FeatureExtractor, FeatureSet, frechet_distance
@@ -441,12 +442,8 @@ def feature_table(rows: Sequence[dict]) -> str:
     if not rows:
         return "no setting"
     n_steps = max(len(r["features_per_step"]) for r in rows)
-    width = max(len(r["concept"]) for r in rows) + 2
-    lines = [f"{'concept':<{width}}{'percentile':>11}{'multiplier':>11}  {'distinct':>8}  {'edited':>8}  "
-             f"features per step (steps 0-{n_steps - 1})"]
-    for r in rows:
-        edited = "" if r["edited_positions"] is None else str(r["edited_positions"])
-        counts = " ".join(str(c) for c in r["features_per_step"])
-        lines.append(f"{r['concept']:<{width}}{r['percentile']:>11g}{r['multiplier']:>11g}  "
-                     f"{r['distinct_features']:>8}  {edited:>8}  {counts}")
-    return "\n".join(lines)
+    return text_table(
+        ("concept", "percentile", "multiplier", "distinct", "edited", f"features per step (steps 0-{n_steps - 1})"),
+        [(r["concept"], f"{r['percentile']:g}", f"{r['multiplier']:g}", r["distinct_features"],
+          "" if r["edited_positions"] is None else r["edited_positions"],
+          " ".join(str(c) for c in r["features_per_step"])) for r in rows], align="lrrrrl")

@@ -19,6 +19,7 @@ from ..blocks.passes import KIND_NAMES, NEGATIVE, PASS_NAMES
 from ..errors import SAEInputError
 from ..sae.feature_ids import parse_feature_list
 from ..sae.model import SparseCode
+from ..tables import text_table
 from ..validate import check_choice
 from .recording import Recording
 
@@ -92,10 +93,17 @@ def check_latent(recording: Recording, samples: Tensor | None) -> None:
             f"its own SAE Record Activations")
 
 
+def check_aspect(grid: tuple[int, int], height: int, width: int, what: str = "image") -> None:
+    """The grid must cover the image: same aspect ratio up to one grid cell of rounding."""
+    h, w = grid
+    if abs(height / h - width / w) > max(height / h, width / w) / min(h, w) + 1e-6:
+        raise SAEInputError(f"the {what} is {width}x{height} px but the recorded block grid is {w}x{h} "
+                            f"(width x height): a different aspect ratio, so the {what} does not come from "
+                            f"the recorded sampling run")
+
+
 def check_image(recording: Recording, image: Tensor | None) -> None:
     """The IMAGE connected must be the recorded run's: same batch, and the aspect ratio of the block grid."""
-    from .views import check_aspect
-
     if image is None:
         return
     batch = recorded_batch(recording)
@@ -219,16 +227,10 @@ def stats_of(selection: Selection, features: list[int]) -> FeatureStats:
 
 def format_table(stats: FeatureStats, title: str = "") -> str:
     """Aligned plain-text table: rank, feature id, mean activation, fraction of positions active, peak."""
-    header = ("rank", "feature", "mean act", "active", "peak")
-    rows = [(str(i + 1), str(int(f)), f"{float(m):.4g}", f"{100 * float(a):.1f}%", f"{float(p):.4g}")
+    rows = [(i + 1, int(f), f"{float(m):.4g}", f"{100 * float(a):.1f}%", f"{float(p):.4g}")
             for i, (f, m, a, p) in enumerate(zip(stats.features, stats.mean, stats.fraction, stats.peak))]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    lines = [title] if title else []
-    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
-    if not rows:
-        lines.append("(no feature fired)")
-    return "\n".join(lines)
+    return text_table(("rank", "feature", "mean act", "active", "peak"), rows, title=title,
+                      empty="(no feature fired)")
 
 
 # ------------------------------------------------------------------ maps and timelines

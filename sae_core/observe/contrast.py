@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..errors import SAEInputError
 from ..render import bar_chart
+from ..tables import text_table
 from ..validate import check_choice
 from .concept_profile import ConceptProfile, feature_scores
 
@@ -50,14 +51,10 @@ def ids_text(features: list[ContrastFeature]) -> str:
 
 
 def contrast_table(features: list[ContrastFeature], title: str) -> str:
-    header = f"{'rank':>4}  {'feature':>7}  {'difference':>10}  {'target':>8}  {'other':>8}  {'specificity':>11}"
-    lines = [title, header]
-    for rank, f in enumerate(features, 1):
-        lines.append(f"{rank:>4}  {f.feature:>7}  {f.difference:>10.4f}  {f.target:>8.4f}  {f.other:>8.4f}  "
-                     f"{f.specificity:>11.2e}")
-    if not features:
-        lines.append("(no feature fires more for this set than for the other)")
-    return "\n".join(lines)
+    return text_table(("rank", "feature", "difference", "target", "other", "specificity"),
+                      [(rank, f.feature, f"{f.difference:.4f}", f"{f.target:.4f}", f"{f.other:.4f}",
+                        f"{f.specificity:.2e}") for rank, f in enumerate(features, 1)],
+                      title=title, empty="(no feature fires more for this set than for the other)")
 
 
 def contrast_chart(features: list[ContrastFeature], title: str) -> Image.Image:

@@ -6,8 +6,8 @@
                        files=RunFiles.beside("models/sae/my_sae.safetensors"))
 """
 from .config import TrainConfig
-from .data import ActivationSource, ShuffledStream
 from .run import RunFiles, TrainResult, train_sae
+from .stream import ActivationSource, ShuffledStream
 from .trainer import SAETrainer, new_sae
 
 __all__ = ["ActivationSource", "RunFiles", "SAETrainer", "ShuffledStream", "TrainConfig", "TrainResult", "new_sae",

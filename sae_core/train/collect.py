@@ -15,8 +15,8 @@ from ..blocks.host import HostCopies
 from ..blocks.passes import STORE_PASSES, PassRows, row_kind_list
 from ..blocks.patch import INPUT_KINDS, BlockPatch, BlockView
 from ..validate import check_choice, check_number
-from .data import derive_seed
 from .dataset import DTYPES, ActivationDatasetWriter, ShardData, ShardPlan
+from .stream import derive_seed
 
 
 class CollectPatch(BlockPatch):

@@ -15,9 +15,9 @@ from ..sae.formats.native import save as save_sae
 from ..sae.model import SparseAutoencoder
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ActivationSource, ShuffledStream
 from .distributed import SINGLE, Dist
 from .metrics import IntervalMeter, append_jsonl, loss_curve, save_png, write_csv, write_jsonl
+from .stream import ActivationSource, ShuffledStream
 from .trainer import SAETrainer, new_sae
 
 StepCallback = Callable[[int, int, dict], None]

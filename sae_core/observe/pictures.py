@@ -10,19 +10,11 @@ from PIL import Image
 
 from .. import render
 from ..errors import SAEInputError
+from ..tables import text_table
 from ..validate import check_choice
 from .analysis import FeatureStats
 
 UPSCALE_MODES = ("nearest", "bilinear")
-
-
-def check_aspect(grid: tuple[int, int], height: int, width: int, what: str = "image") -> None:
-    """The grid must cover the image: same aspect ratio up to one grid cell of rounding."""
-    h, w = grid
-    if abs(height / h - width / w) > max(height / h, width / w) / min(h, w) + 1e-6:
-        raise SAEInputError(f"the {what} is {width}x{height} px but the recorded block grid is {w}x{h} "
-                            f"(width x height): a different aspect ratio, so the {what} does not come from "
-                            f"the recorded sampling run")
 
 
 def upsample(grid_map: np.ndarray, height: int, width: int, mode: str = "nearest") -> np.ndarray:
@@ -83,7 +75,5 @@ def timeline_chart(steps: list[int], features: list[int], values: np.ndarray, ti
 
 
 def timeline_table(steps: list[int], features: list[int], values: np.ndarray) -> str:
-    header = ["step"] + [f"#{f}" for f in features]
-    rows = [[str(s)] + [f"{float(v):.4g}" for v in values[i]] for i, s in enumerate(steps)]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [header, *rows])
+    return text_table(["step"] + [f"#{f}" for f in features],
+                      [[s] + [f"{float(v):.4g}" for v in values[i]] for i, s in enumerate(steps)])
