@@ -78,11 +78,25 @@ def model_block_layout(model) -> BlockLayout:
 def resolve_block(model, sae, block_text: str) -> Block:
     """The block named by the user, or the SAE's own hookpoint when left empty; widths must match."""
     layout = model_block_layout(model)
+    return _fitting(layout, sae, layout.resolve(_block_text(layout, sae, block_text)))
+
+
+def resolve_blocks(model, sae, blocks_text: str) -> list[Block]:
+    """The blocks of a list or range (``double.18, single.0-37``), or the SAE's own block when left empty; every
+    block must have the SAE's width."""
+    layout = model_block_layout(model)
+    return [_fitting(layout, sae, b) for b in layout.resolve_many(_block_text(layout, sae, blocks_text))]
+
+
+def _block_text(layout: BlockLayout, sae, block_text: str) -> str:
     text = (block_text or "").strip() or (sae.hookpoint or "")
     if not text:
         raise SAEInputError(f"this SAE does not say which block it was trained on; type a block, one of: "
                             f"{layout.valid_names()}")
-    block = layout.resolve(text)
+    return text
+
+
+def _fitting(layout: BlockLayout, sae, block: Block) -> Block:
     if block.channels != sae.d_in:
         fitting = [b.short for b in layout if b.channels == sae.d_in]
         hint = f"blocks of this model with {sae.d_in} channels: {', '.join(fitting)}" if fitting else \
@@ -148,16 +162,18 @@ class SharedPatches(list):
         return SharedPatches(self)
 
 
-def install_block_patch(model, block: Block, patch: BlockPatch, label: str):
-    """A clone of ``model`` whose ``block`` runs ``patch`` after every call (errors are named by ``label``)."""
+def install_block_patch(model, block: Block | list[Block], patch: BlockPatch, label: str):
+    """A clone of ``model`` whose ``block`` (or each of a list of blocks) runs ``patch`` after every call (errors are
+    named by ``label``); the patch is prepared once per model call however many blocks run it."""
     patched = model.clone()
     _with_call_context(patched)
     options = patched.model_options.setdefault("transformer_options", {})
     options[PATCHES_KEY] = SharedPatches([*options.get(PATCHES_KEY, []), patch])
-    if block.kind == SPATIAL_TRANSFORMER:
-        _patch_spatial_transformer(patched, block, patch, label)
-    else:
-        _patch_dit_block(patched, block, patch, label)
+    for one in block if isinstance(block, list) else [block]:
+        if one.kind == SPATIAL_TRANSFORMER:
+            _patch_spatial_transformer(patched, one, patch, label)
+        else:
+            _patch_dit_block(patched, one, patch, label)
     return patched
 
 

@@ -1,4 +1,5 @@
-"""SAE Feature Steer: boost, paint, scale, ablate or clamp SAE features in one U-Net block."""
+"""SAE Feature Steer: boost, paint, scale, ablate or clamp SAE features in one transformer block or a list of
+blocks (the sdxl-unbox Flux demo adds a feature at double block 18 and every single block after it)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -8,7 +9,7 @@ from ..sae_core.edits.steering import MAX_STRENGTH, MODES, FeatureSteering, Stee
 from ..sae_core.sae.feature_ids import parse_feature_list
 from ..sae_core.validate import check_choice, check_number
 from .base import SAENode
-from .patching import install_block_patch, resolve_block, step_window
+from .patching import install_block_patch, resolve_blocks, step_window
 from .sockets import SAE
 
 NODE = "SAE Feature Steer"
@@ -30,10 +31,10 @@ class SAEFeatureSteer(SAENode):
             display_name=NODE,
             category="SAE Lab",
             description=(
-                "Edits SAE features inside one U-Net transformer block during sampling (Unpacking SDXL Turbo). "
-                "Only the chosen features' decoded contributions change; the SAE's reconstruction error is "
-                "kept, so nothing else in the block moves. Chain several steer nodes to edit several blocks, "
-                "SAEs or feature sets at once."
+                "Edits SAE features inside a transformer block during sampling (Unpacking SDXL Turbo), or the "
+                "same edit in a list of blocks (the Flux demo: double.18, single.0-37). Only the chosen features' "
+                "decoded contributions change; the SAE's reconstruction error is kept, so nothing else in the "
+                "block moves. Chain several steer nodes to edit with several SAEs or feature sets at once."
             ),
             inputs=[
                 io.Model.Input("model"),
@@ -49,7 +50,9 @@ class SAEFeatureSteer(SAENode):
                 io.String.Input("block", default="",
                                 tooltip="Leave empty to use the block the SAE was trained on. Accepts diffusers "
                                         "names (down_blocks.2.attentions.1), the paper's codes (down.2.1, mid.0, "
-                                        "up.0.0, up.0.1) or ComfyUI paths (input_blocks.8.1)."),
+                                        "up.0.0, up.0.1) or ComfyUI paths (input_blocks.8.1), and lists and "
+                                        "ranges of blocks of the SAE's width (double.18, single.0-37): the same "
+                                        "edit, at the same strength, in each."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Start of the edit, as a fraction of the sampling schedule."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
@@ -72,10 +75,10 @@ class SAEFeatureSteer(SAENode):
         check_choice("mode", mode, MODES)
         check_choice("passes", passes, STEER_PASSES)
         strength = check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
-        target = resolve_block(model, sae, block)
+        targets = resolve_blocks(model, sae, block)
         steering = FeatureSteering(sae, parse_feature_list(features, sae.n_latents, strength, MAX_STRENGTH), mode)
         patch = SteerPatch(steering, step_window(model, start_percent, end_percent), passes, mask)
-        return io.NodeOutput(install_block_patch(model, target, patch, NODE))
+        return io.NodeOutput(install_block_patch(model, targets, patch, NODE))
 
 
 NODES = [SAEFeatureSteer]

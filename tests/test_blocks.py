@@ -71,3 +71,16 @@ def test_family_inference():
     assert infer_model_family("unet.up_blocks.0.attentions.1", 1280) == "sdxl"
     assert infer_model_family("unet.mid_block.attentions.0", 1280) is None  # both have it
     assert infer_model_family(None, 1280) is None
+
+
+def test_lists_and_ranges_of_blocks():
+    assert [b.short for b in SDXL_LAYOUT.resolve_many("up.0.0-2, down.2.1, up.0.1")] == [
+        "up.0.0", "up.0.1", "up.0.2", "down.2.1"]  # in the order given, each once
+    assert [b.comfy for b in SD15_LAYOUT.resolve_many("up_blocks.1.attentions.1-2")] == [
+        "output_blocks.4.1", "output_blocks.5.1"]
+    with pytest.raises(SAEInputError, match="first <= last"):
+        SDXL_LAYOUT.resolve_many("up.0.2-0")
+    with pytest.raises(SAEInputError, match="'up.0.3' does not exist"):
+        SDXL_LAYOUT.resolve_many("up.0.1-3")
+    with pytest.raises(SAEInputError, match="no block given"):
+        SDXL_LAYOUT.resolve_many(" , ")

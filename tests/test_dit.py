@@ -158,13 +158,15 @@ def test_the_block_input_is_kept_only_for_a_patch_that_will_read_it():
     from sae_core.edits.steering import FeatureSteering, SteerPatch
     from sae_core.sae.feature_ids import FeatureEdit
 
-    def steer(strength, input_kind="diff", window=ALWAYS):
-        sae = SparseAutoencoder(8, 16, 2, input_kind=input_kind)
-        return SteerPatch(FeatureSteering(sae, [FeatureEdit(3, strength)], "add"), window, "both", None)
+    def steer(strength, input_kind="diff", window=ALWAYS, mode="scale", input_norm=False):
+        sae = SparseAutoencoder(8, 16, 2, input_kind=input_kind, input_norm=input_norm)
+        return SteerPatch(FeatureSteering(sae, [FeatureEdit(3, strength)], mode), window, "both", None)
 
     ctx = CallContext(sigma=5.0)
     assert reads_block_input(steer(2.0), ctx)
     assert not reads_block_input(steer(0.0), ctx)
     assert not reads_block_input(steer(2.0, window=StepWindow(sigma_start=1.0)), ctx)
     assert not reads_block_input(steer(2.0, input_kind="output"), ctx)
+    assert not reads_block_input(steer(2.0, mode="add"), ctx)  # adding a direction reads nothing of the block
+    assert reads_block_input(steer(2.0, mode="add", input_norm=True), ctx)  # unless the SAE standardises its input
     assert reads_block_input(CollectPatch("diff", "both", "fp16"), ctx)  # no skips(): always kept

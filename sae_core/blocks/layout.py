@@ -5,11 +5,13 @@ SDXL/SD1.5 tables for offline tools and tests.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..errors import SAEInputError
 from .notation import Notation, strip_prefix
 
+_RANGE = re.compile(r"^(?P<head>.*\.)(?P<first>\d+)-(?P<last>\d+)$")  # single.0-37, up.0.0-2
 SPATIAL_TRANSFORMER = "spatial_transformer"  # a U-Net block: its module's forward is patched
 
 
@@ -55,6 +57,29 @@ class BlockLayout:
             raise SAEInputError(
                 f"block {shown!r} does not exist in this {self.family} model; valid blocks: {self.valid_names()}")
         return block
+
+    def resolve_many(self, text: str) -> list[Block]:
+        """Blocks named by a list such as ``double.18, single.0-37`` (ranges of indices in any notation,
+        ``up.0.0-2`` on U-Nets), each once, in the order given; a clear error naming the entry otherwise."""
+        if not isinstance(text, str) or not text.strip():
+            raise SAEInputError(f"no block given; valid blocks for this {self.family} model: {self.valid_names()}")
+        blocks: list[Block] = []
+        for entry in (e.strip() for e in text.split(",")):
+            if not entry:
+                continue
+            m = _RANGE.match(entry)
+            if m is None:
+                names = [entry]
+            else:
+                first, last = int(m["first"]), int(m["last"])
+                if first > last or last - first >= len(self.blocks):
+                    raise SAEInputError(f"block range {entry[:60]!r} is not a range of this {self.family} model's "
+                                        f"blocks; write it first-last with first <= last, e.g. single.0-37")
+                names = [f"{m['head']}{i}" for i in range(first, last + 1)]
+            blocks += [b for b in map(self.resolve, names) if b not in blocks]
+        if not blocks:
+            raise SAEInputError(f"no block given; valid blocks for this {self.family} model: {self.valid_names()}")
+        return blocks
 
     def valid_names(self) -> str:
         return ", ".join(f"{b.short} / {b.diffusers} / {b.comfy}" for b in self.blocks)

@@ -49,6 +49,8 @@ class FeatureSteering:
 
         # True when the edit cannot change anything (strength 0 in add/scale mode): decided once, on the host
         self.idle = self.mode in ("add", "scale") and bool((self.amounts == 0).all())
+        # what the edit reads of the block: adding a direction needs the SAE input only to standardise it
+        self.reads = "output" if mode == "add" and not sae.input_norm else sae.input_kind
 
     def _tensors(self, like: Tensor) -> tuple[Tensor, Tensor]:
         key = (like.device, like.dtype)
@@ -86,7 +88,7 @@ class SteerPatch(BlockPatch):
         self.steering = steering
         self.window = window
         self.weights = EditWeights(mask, passes)
-        self.input_kind = steering.sae.input_kind
+        self.input_kind = steering.reads
 
     def prepare(self, ctx: CallContext, device: torch.device) -> None:
         """Before each model call, outside any compiled region: the casts this edit uses on ``device``."""
@@ -98,7 +100,7 @@ class SteerPatch(BlockPatch):
         return self.steering.idle or not self.window.contains(ctx.sigma)
 
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
-        u = view.sae_input(self.steering.sae.input_kind)
+        u = view.sae_input(self.input_kind)
         weight, any_weight = self.weights.weights(ctx, view.n_rows, view.grid, u)
         if not any_weight:
             return None
