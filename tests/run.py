@@ -97,6 +97,19 @@ def run_pytest(suite: str, python: Path | str, args: list[str], env: dict, repor
     return outcome
 
 
+def readme_command_collects(python: Path, env: dict) -> str | None:
+    """The README's ``COMFYUI_PATH=... python -m pytest`` (unit and ComfyUI tests in one session) must at least
+    collect: two test modules with one name, or a helper only one folder can import, break it. None when it does,
+    else what went wrong."""
+    done = subprocess.run([str(python), "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    if done.returncode == 0:
+        return None
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+    print(tail, flush=True)
+    return f"error: `COMFYUI_PATH=... python -m pytest` fails at collection (exit {done.returncode})"
+
+
 def print_table(outcomes: list[Outcome], total_seconds: float) -> None:
     print("\n" + "suite".ljust(28) + "passed  failed  skipped     time")
     for o in outcomes:
@@ -146,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(Outcome(suite, note=f"error: environment setup failed ({exc}); see {log}.log"))
             continue
         env = {**unit_env, "COMFYUI_PATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+        readme = readme_command_collects(python, env)
+        if readme is not None:
+            outcomes.append(Outcome(f"{suite} (README command)", note=readme))
         print(f"\n==== tests/comfyui against {suite} ====", flush=True)
         outcomes.append(run_pytest(suite, python, ["tests/comfyui", *args.pytest_args], env,
                                    reports / f"comfyui-{comfyui_version(checkout)}.xml"))

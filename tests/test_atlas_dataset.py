@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import factories
 import pytest
 import torch
 
@@ -22,9 +23,7 @@ PLANTED = {0: 7, 1: 21, 2: 7}  # prompt -> the feature painted into its left hal
 
 
 def tiny_sae() -> SparseAutoencoder:
-    sae = SparseAutoencoder(D, N, K, input_kind="diff", hookpoint="unet.mid_block.attentions.0", name="tiny")
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    return sae
+    return factories.tiny_sae(D, N, K)
 
 
 def make_dataset(root: Path, sae: SparseAutoencoder, prompts=("a tiger", "a zebra", "a cat"), steps=2) -> None:

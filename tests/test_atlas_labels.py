@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import factories
 import numpy as np
 import pytest
 import torch
@@ -28,9 +29,7 @@ WORDS = ["office", "supplies", "sunset", "river", "portrait", "grid", "neon", "c
 
 
 def tiny_sae(seed=0, hookpoint="unet.down_blocks.2.attentions.1") -> SparseAutoencoder:
-    sae = SparseAutoencoder(16, N, 4, hookpoint=hookpoint, input_kind="diff", name=f"tiny{seed}")
-    sae.reset_parameters(torch.Generator().manual_seed(seed))
-    return sae
+    return factories.tiny_sae(16, N, 4, hookpoint=hookpoint, seed=seed, name=f"tiny{seed}")
 
 
 @pytest.fixture

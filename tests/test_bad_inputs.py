@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import factories
 import numpy as np
 import pytest
 import torch
@@ -148,9 +149,7 @@ def test_one_mask_rule_whatever_the_cfg_and_pass_order():
 
 
 def tiny_sae() -> SparseAutoencoder:
-    sae = SparseAutoencoder(8, 16, 2, hookpoint="unet.mid_block.attentions.0", input_kind="output")
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    return sae
+    return factories.tiny_sae(8, 16, 2, input_kind="output")
 
 
 def test_sae_files_with_non_finite_weights_are_neither_written_nor_read(tmp_path):

@@ -6,6 +6,7 @@ An accelerator cannot be assumed here, so the accelerator path is forced on the 
 back to the host is counted (``tests/sync_counter.py``): on a GPU each one is a host sync."""
 from __future__ import annotations
 
+import factories
 import pytest
 import torch
 from devices import DEVICE
@@ -30,11 +31,9 @@ CTX = CallContext((1, 0), 5.0, (10.0, 5.0, 0.0), (2, 4, 16, 16))
 
 
 def make_sae(input_kind="diff", seed=0) -> SparseAutoencoder:
-    sae = SparseAutoencoder(D, N, K, input_kind=input_kind, hookpoint="unet.mid_block.attentions.0")
-    sae.reset_parameters(torch.Generator().manual_seed(seed))
+    sae = factories.tiny_sae(D, N, K, input_kind=input_kind, seed=seed, mean=2.0)
     with torch.no_grad():
         sae.b_enc.fill_(0.5)  # features fire everywhere
-    sae.set_feature_stats(mean=torch.full((N,), 2.0))
     return sae.to(DEVICE)
 
 

@@ -1,6 +1,7 @@
 """Recording sparse codes, ranking features, maps and timelines: synthetic codes with known answers."""
 from __future__ import annotations
 
+import factories
 import numpy as np
 import pytest
 import torch
@@ -17,10 +18,7 @@ SCHEDULE = (14.6, 7.0, 3.0, 1.0, 0.0)  # 4 steps
 
 
 def tiny_sae(k: int | None = K, activation: str = "topk", n_latents: int = N_LATENTS) -> SparseAutoencoder:
-    sae = SparseAutoencoder(8, n_latents, k, activation=activation, input_kind="diff",
-                            hookpoint="unet.mid_block.attentions.0")
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    return sae
+    return factories.tiny_sae(8, n_latents, k, activation=activation)
 
 
 def ctx(step: int, kinds=(0,)) -> CallContext:

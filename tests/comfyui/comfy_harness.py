@@ -65,3 +65,14 @@ def load_pack():
     sys.modules[PACK_NAME] = module
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_sae(d_in: int = 128, n_latents: int = 256, k: int | None = 8, **kwargs):
+    """factories.tiny_sae, built as the pack's own SparseAutoencoder (the class its nodes check), at the tiny
+    models' block width."""
+    import factories
+
+    load_pack()
+    from sae_lab_pack.sae_core import SparseAutoencoder
+
+    return factories.tiny_sae(d_in, n_latents, k, sae_class=SparseAutoencoder, **kwargs)

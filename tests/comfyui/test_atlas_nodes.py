@@ -35,12 +35,7 @@ def vae():
 
 
 def tiny_sae(seed=0) -> SparseAutoencoder:
-    sae = SparseAutoencoder(128, 256, 8, hookpoint="unet.down_blocks.2.attentions.1", input_kind="diff", name="tiny")
-    sae.reset_parameters(torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        sae.W_enc.mul_(3.0)
-    sae.set_feature_stats(mean=torch.ones(256))
-    return sae
+    return comfy_harness.tiny_sae(hookpoint="unet.down_blocks.2.attentions.1", seed=seed, encoder_gain=3.0, mean=1.0)
 
 
 def run(model, sae, vae, seed, latent, mask):

@@ -20,10 +20,7 @@ KEY = f"diffusion_model.{BLOCK}.forward"
 
 
 def make_sae() -> SparseAutoencoder:
-    sae = SparseAutoencoder(128, 256, 8, hookpoint="unet.down_blocks.2.attentions.1", input_kind="diff")
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    sae.set_feature_stats(mean=torch.ones(256) * 2.0)
-    return sae
+    return comfy_harness.tiny_sae(hookpoint="unet.down_blocks.2.attentions.1", mean=2.0)
 
 
 def steer(model, strength: float):

@@ -29,7 +29,7 @@ from sae_lab_pack.nodes.sae import SAELoader, SAESave  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
 from sae_lab_pack.nodes.train import SAETrain  # noqa: E402
 from sae_lab_pack.nodes.unlearn import SAEConceptProfile, SAEUnlearnConcept  # noqa: E402
-from sae_lab_pack.sae_core import SparseAutoencoder, load_sae, save_sae  # noqa: E402
+from sae_lab_pack.sae_core import load_sae, save_sae  # noqa: E402
 
 CFG = {"flux": 1.0, "sd3": 3.0, "qwen_image": 3.0}
 WIDTH = {"flux": 64, "sd3": 128, "qwen_image": 64}
@@ -45,11 +45,8 @@ def models():
 
 
 def make_sae(family: str, block: str, input_kind: str = "diff", n_latents: int = 96, k: int = 6, seed: int = 0):
-    sae = SparseAutoencoder(WIDTH[family], n_latents, k, hookpoint=f"transformer.{block}", input_kind=input_kind,
-                            name=f"tiny_{family}")
-    sae.reset_parameters(torch.Generator().manual_seed(seed))
-    sae.set_feature_stats(mean=torch.full((n_latents,), 2.0))
-    return sae
+    return comfy_harness.tiny_sae(WIDTH[family], n_latents, k, hookpoint=f"transformer.{block}",
+                                  input_kind=input_kind, seed=seed, name=f"tiny_{family}", mean=2.0)
 
 
 def steer(model, sae, features="3, 7", mode="add", strength=20.0, **kwargs):

@@ -39,12 +39,8 @@ STEPS, CFG, SIDE = 2, 5.0, 64
 
 
 def make_sae(seed: int = 0) -> SparseAutoencoder:
-    sae = SparseAutoencoder(128, 256, 16, hookpoint="unet.up_blocks.1.attentions.2", input_kind="output",
-                            name=f"tiny{seed}")
-    sae.reset_parameters(torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        sae.W_enc.mul_(3.0)
-    return sae
+    return comfy_harness.tiny_sae(128, 256, 16, hookpoint="unet.up_blocks.1.attentions.2", input_kind="output",
+                                  seed=seed, name=f"tiny{seed}", encoder_gain=3.0)
 
 
 class SpyVAE:

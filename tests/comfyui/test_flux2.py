@@ -28,10 +28,7 @@ def model():
 
 
 def make_sae(block: str) -> SparseAutoencoder:
-    sae = SparseAutoencoder(64, 96, 6, hookpoint=f"transformer.{block}", input_kind="diff", name="tiny_flux2")
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    sae.set_feature_stats(mean=torch.full((96,), 2.0))
-    return sae
+    return comfy_harness.tiny_sae(64, 96, 6, hookpoint=f"transformer.{block}", name="tiny_flux2", mean=2.0)
 
 
 def steer(model, sae, strength=20.0, **kwargs):

@@ -74,11 +74,9 @@ def model():
 
 
 def make_sae(block: str, k: int = 4) -> SparseAutoencoder:
-    sae = SparseAutoencoder(64, 96, k, hookpoint=hookpoint_of(block), input_kind="diff", name="stream_sae")
-    sae.reset_parameters(torch.Generator().manual_seed(0))
+    sae = comfy_harness.tiny_sae(64, 96, k, hookpoint=hookpoint_of(block), name="stream_sae", mean=2.0)
     with torch.no_grad():
         sae.b_enc.fill_(1.0)  # every position has features that fire
-    sae.set_feature_stats(mean=torch.full((96,), 2.0))
     return sae
 
 

@@ -26,12 +26,7 @@ def sdxl():
 
 @pytest.fixture(scope="module")
 def sae():
-    sae = SparseAutoencoder(128, 256, 8, hookpoint="unet.down_blocks.2.attentions.1", input_kind="diff", name="tiny")
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        sae.W_enc.mul_(3.0)
-    sae.set_feature_stats(mean=torch.rand(256, generator=torch.Generator().manual_seed(0)) + 1.0)
-    return sae
+    return comfy_harness.tiny_sae(hookpoint="unet.down_blocks.2.attentions.1", encoder_gain=3.0, mean="random")
 
 
 def record(model, sae, block=""):

@@ -31,12 +31,8 @@ def sd15():
 
 def make_sae(d_in: int, hookpoint: str, input_kind: str = "diff", n_latents: int = 256, k: int = 8,
              seed: int = 0) -> SparseAutoencoder:
-    sae = SparseAutoencoder(d_in, n_latents, k, hookpoint=hookpoint, input_kind=input_kind, name="tiny")
-    sae.reset_parameters(torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        sae.W_enc.mul_(3.0)
-    sae.set_feature_stats(mean=torch.rand(n_latents, generator=torch.Generator().manual_seed(seed)) + 1.0)
-    return sae
+    return comfy_harness.tiny_sae(d_in, n_latents, k, hookpoint=hookpoint, input_kind=input_kind, seed=seed,
+                                  encoder_gain=3.0, mean="random")
 
 
 def steer(model, sae, features="5", mode="add", strength=10.0, **kwargs):

@@ -38,11 +38,8 @@ TE = TinyTextEncoder()
 
 
 def make_sae(hookpoint: str, input_kind: str, seed: int = 0, n_latents: int = 256, k: int = 16) -> SparseAutoencoder:
-    sae = SparseAutoencoder(128, n_latents, k, hookpoint=hookpoint, input_kind=input_kind, name=f"tiny{seed}")
-    sae.reset_parameters(torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        sae.W_enc.mul_(3.0)
-    return sae
+    return comfy_harness.tiny_sae(128, n_latents, k, hookpoint=hookpoint, input_kind=input_kind, seed=seed,
+                                  name=f"tiny{seed}", encoder_gain=3.0)
 
 
 def profile_node(model, sae, target, other, *, steps=STEPS, cfg=5.0, latent=(32, 32), name="vangogh", **kwargs):
