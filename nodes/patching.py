@@ -65,6 +65,9 @@ def model_family(model) -> str:
 def resolve_block(model, sae, block_text: str) -> Block:
     """The block named by the user, or the SAE's own hookpoint when left empty; widths must match."""
     layout = model_block_layout(model)
+    if getattr(sae, "stream", "image") == "text":  # patches read and edit the image tokens only
+        raise SAEInputError(f"this SAE encodes the text stream of {sae.hookpoint or 'its block'} (stream 'text'); "
+                            f"SAE Lab patches the image tokens only, so use an SAE of the image stream")
     text = (block_text or "").strip() or (sae.hookpoint or "")
     if not text:
         raise SAEInputError(f"this SAE does not say which block it was trained on; type a block, one of: "
