@@ -203,8 +203,9 @@ class SAELensReference:
     """SAELens 6's encode/decode (saes/sae.py process_sae_in and the run-time normalisation, each architecture's
     encode and decode in saes/*.py), with training's ActivationScaler around it, written out again."""
 
-    def __init__(self, cfg: dict, sd: dict[str, torch.Tensor], scaling_factor: float | None = None):
-        self.cfg, self.sd, self.c = cfg, {name: t.float() for name, t in sd.items()}, scaling_factor
+    def __init__(self, cfg: dict, sd: dict[str, torch.Tensor], scaling_factor: float | None = None,
+                 dtype: torch.dtype = torch.float32):
+        self.cfg, self.sd, self.c = cfg, {name: t.to(dtype) for name, t in sd.items()}, scaling_factor
         self._norm = None
 
     def _in(self, x: torch.Tensor) -> torch.Tensor:

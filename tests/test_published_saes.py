@@ -53,7 +53,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> bool:
 
 def _edit_delta(sae, feature: int, mode: str, strength: float, u: torch.Tensor) -> torch.Tensor:
     steering = FeatureSteering(sae, [FeatureEdit(feature, strength)], mode)
-    return steering.delta(u[None, None], torch.ones(1, 1, u.shape[0]))[0, 0]
+    with torch.no_grad():
+        return steering.delta(u[None, None], torch.ones(1, 1, u.shape[0]))[0, 0]
 
 
 # ---------------------------------------------------------------- the sdxl-unbox authors' Flux SAE
@@ -326,3 +327,19 @@ def test_known_table_is_data_and_unsupported_repos_say_why(tmp_path):
     with pytest.raises(SAEFormatError, match="cannot load.*orbax") as info:
         load_sae(nev)
     assert "nev/flux1-saes" in str(info.value)
+
+
+def test_saelens_layer_norm_undoes_with_std_not_std_plus_eps(tmp_path):
+    """SAELens's layer_norm divides by ``std + eps`` but multiplies back by ``std``: visible where std is small."""
+    folder = write_saelens6(tmp_path / "ln", "standard", normalize="layer_norm")
+    sae = load_sae(folder)
+    ref = SAELensReference(json.loads((folder / "cfg.json").read_text()),
+                           load_file(str(folder / "sae_weights.safetensors")), dtype=torch.float64)
+    x = _x(64, scale=2e-5).double() + 0.3  # std ~2e-5, comparable to eps = 1e-5
+    z = ref.encode(x)
+    f = int(z.sum(0).argmax())
+    z_edit = z.clone()
+    z_edit[:, f] = 0
+    want = (ref.decode(z_edit) - ref.decode(z)).float()  # in float64: the difference of two outputs near 0.3
+    got = _edit_delta(sae, f, "ablate", 0.0, x.float())
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-3
