@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
 from .common import require_finite, require_tensor
 
@@ -53,3 +54,16 @@ def build_sae(path: Path, tensors: dict, names: dict[str, str], d_in: int, n_lat
     stats = stats or {}
     sae.set_feature_stats(stats.get("mean"), stats.get("std"), stats.get("firing_rate"))
     return sae
+
+
+@torch.no_grad()
+def fold_decoder_norms(sae: SparseAutoencoder, path: Path, why: str) -> None:
+    """Latents scaled by their decoder row's norm (and divided by it again to decode) are the same function with
+    unit-norm rows: the norms fold into the encoder. ``why`` names the setting that asks for it, for the error."""
+    norms = sae.W_dec.norm(dim=-1)
+    if not bool((norms > 0).all()):
+        raise SAEFormatError(path, f"has a zero decoder direction, which {why} divides by",
+                             expected="no all-zero decoder direction")
+    sae.W_enc.mul_(norms[:, None])
+    sae.b_enc.mul_(norms)
+    sae.W_dec.div_(norms[:, None])

@@ -14,12 +14,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
 from ...blocks.names import hookpoint_of
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
-from .base import build_sae
+from .base import build_sae, fold_decoder_norms
 from .common import check_k, config_int, read_json, read_safetensors, safetensors_keys
 
 NAME = "fluxlens"
@@ -74,12 +72,5 @@ def load(path: Path) -> SparseAutoencoder:
                     hookpoint=hook, input_kind="output", stream=stream or "image", source_format=NAME,
                     name=path.name.split("__")[-1])
     if k is None:  # the standard SAE scales activations by the decoder norms and divides them out again
-        with torch.no_grad():
-            norms = sae.W_dec.norm(dim=-1)
-            if not bool((norms > 0).all()):
-                raise SAEFormatError(weights_path, "has a zero decoder column, which the standard fluxlens SAE "
-                                                   "divides by", expected="non-zero columns of decoder.weight")
-            sae.W_enc.mul_(norms[:, None])
-            sae.b_enc.mul_(norms)
-            sae.W_dec.div_(norms[:, None])
+        fold_decoder_norms(sae, weights_path, "the standard fluxlens SAE")
     return sae

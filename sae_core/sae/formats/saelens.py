@@ -26,7 +26,7 @@ import torch
 
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
-from .base import build_sae
+from .base import build_sae, fold_decoder_norms
 from .common import (
     check_k,
     config_int,
@@ -152,13 +152,7 @@ def load(path: Path) -> SparseAutoencoder:
             sae.W_dec.div_(c)
             sae.b_dec.div_(c)
         if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
-            norms = sae.W_dec.norm(dim=-1)
-            if not bool((norms > 0).all()):
-                raise SAEFormatError(weights_path, "has a zero decoder row, which rescale_acts_by_decoder_norm "
-                                                   "divides by", expected="non-zero rows of W_dec")
-            sae.W_enc.mul_(norms[:, None])
-            sae.b_enc.mul_(norms)
-            sae.W_dec.div_(norms[:, None])
+            fold_decoder_norms(sae, weights_path, "rescale_acts_by_decoder_norm")
         if not cfg.get("apply_b_dec_to_input", True):
             sae.b_enc.add_(sae.W_enc @ sae.b_dec)  # thresholds compare the same pre-activation as before
     if arch == "gated":
