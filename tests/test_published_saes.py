@@ -93,18 +93,38 @@ def test_flux_unbox_encode_decode_and_the_demo_add_equal_the_authors_code(flux_u
     assert _close(_edit_delta(sae, f, "add", strength, x), want.expand_as(x))
 
 
+def _hub_cache_snapshot(cache: Path, repo_id: str) -> Path:
+    """The snapshot folder of ``repo_id`` in a Hugging Face cache laid out by hand (refs/main -> snapshots/<commit>)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    entry = cache / f"models--{repo_id.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(commit)
+    return entry / "snapshots" / commit
+
+
+def _inspect_offline(cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "sae_core", "inspect", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_cli_inspect_of_a_hub_repo_reads_the_table(tmp_path):
+    cache = tmp_path / "hf"
+    write_fluxlens(_hub_cache_snapshot(cache, "RE-N-Y/cc3m-single_transformer_blocks.9"), d=32, pages=128, k=4)
+    result = _inspect_offline(cache, "hf://RE-N-Y/cc3m-single_transformer_blocks.9", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert (info["format"], info["hookpoint"], info["stream"], info["model_family"], info["published_as"]) == (
+        "fluxlens", "transformer.single_transformer_blocks.9", "text+image", "flux",
+        "RE-N-Y/cc3m-single_transformer_blocks.9")
+
+
 def test_flux_unbox_from_the_hub_cache_and_the_cli(tmp_path, monkeypatch):
     """``hf://antoniomari/SAE_flux_18`` (what ``python -m sae_core inspect`` takes) reads the table too; at a small
     size, the table's published shape is checked: another SAE in that repo's folder is refused, naming the file."""
     cache = tmp_path / "hf"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    entry = cache / "models--antoniomari--SAE_flux_18"
-    (entry / "refs").mkdir(parents=True)
-    (entry / "refs" / "main").write_text(commit)
-    write_unbox_flux(entry / "snapshots" / commit, d=48, n=96, k=4)
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "sae_core", "inspect", "hf://antoniomari/SAE_flux_18"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    write_unbox_flux(_hub_cache_snapshot(cache, FLUX_UNBOX_REPO), d=48, n=96, k=4)
+    result = _inspect_offline(cache, "hf://antoniomari/SAE_flux_18")
     assert result.returncode == 2 and "models--antoniomari--SAE_flux_18" in result.stderr
     assert "is not the SAE published there" in result.stderr and "48->96" in result.stderr and "12288" in result.stderr
     wrong = write_unbox_flux(tmp_path / "sae" / "antoniomari__SAE_flux_18", d=32, n=64, k=4)

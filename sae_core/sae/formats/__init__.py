@@ -78,7 +78,8 @@ def _load_found(found: FoundSAE) -> SparseAutoencoder:
     sae.source_path = str(found.path)
     entry = known.lookup(found.path)
     if entry is not None:
-        _apply_known(sae, entry, found.path, stream_from_checkpoint=getattr(fmt, "STREAM_FROM_CHECKPOINT", False))
+        declared = getattr(fmt, "declared_stream", None)
+        _apply_known(sae, entry, found.path, stream_from_checkpoint=declared is not None and bool(declared(found.path)))
     if sae.model_family is None:
         unet = sae.hookpoint is not None and is_unet_name(sae.hookpoint)
         sae.model_family = infer_model_family(sae.hookpoint, sae.d_in) or (

@@ -23,7 +23,6 @@ from .common import check_k, config_int, read_json, read_safetensors, safetensor
 NAME = "fluxlens"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
-STREAM_FROM_CHECKPOINT = True  # the name says which stream; the table does not override it
 _KEYS = {"encoder.weight", "encoder.bias", "decoder.weight", "bias"}
 _NAME = re.compile(r"(?P<block>(?P<single>single_)?transformer_blocks\.\d+)(?:-(?P<stream>[01]))?$")
 _STREAMS = {"0": "text", "1": "image"}
@@ -52,6 +51,11 @@ def where(path: Path) -> tuple[str | None, str | None]:
 
 def hookpoint(path: Path) -> str | None:
     return where(path)[0]
+
+
+def declared_stream(path: Path) -> str | None:
+    """The stream the checkpoint's own name states (it wins over the table of known checkpoints)."""
+    return where(path)[1]
 
 
 def load(path: Path) -> SparseAutoencoder:
