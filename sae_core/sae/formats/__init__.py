@@ -109,8 +109,8 @@ def refuse_unsupported(path: Path) -> None:
     """A known published checkpoint SAE Lab cannot load gets its reason, not "no SAE of a known format"."""
     entry = known.lookup(path)
     if entry is not None and entry.unsupported:
-        raise SAEFormatError(path, f"is {entry.title} ({entry.repo}), which SAE Lab cannot load",
-                             found=f"the {entry.format} format", expected=f"a supported format: {entry.unsupported}")
+        raise SAEFormatError(path, f"is {entry.title} ({entry.repo}), which SAE Lab cannot load: {entry.unsupported}",
+                             found=f"the {entry.format} format")
 
 
 def _pick(candidates: list[FoundSAE], hookpoint: str | None, root: Path, hint_name: str) -> FoundSAE:
