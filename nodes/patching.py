@@ -89,6 +89,9 @@ def resolve_blocks(model, sae, blocks_text: str) -> list[Block]:
 
 
 def _block_text(layout: BlockLayout, sae, block_text: str) -> str:
+    if getattr(sae, "stream", "image") == "text":  # patches read and edit the image tokens only
+        raise SAEInputError(f"this SAE encodes the text stream of {sae.hookpoint or 'its block'} (stream 'text'); "
+                            f"SAE Lab patches the image tokens only, so use an SAE of the image stream")
     text = (block_text or "").strip() or (sae.hookpoint or "")
     if not text:
         raise SAEInputError(f"this SAE does not say which block it was trained on; type a block, one of: "

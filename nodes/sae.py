@@ -47,15 +47,19 @@ class SAELoader(SAENode):
             category="SAE Lab",
             description=(
                 "Loads a sparse autoencoder: a native .safetensors file or a checkpoint folder (sdxl-unbox, "
-                "sparsify/SAeUron, SAELens) from models/sae, or a Hugging Face repo. The info output and the "
-                "node's preview say what was loaded: format, width, latents, k and the block it was trained on."
+                "sparsify/SAeUron, SAELens, fluxlens) from models/sae, or a Hugging Face repo. Published SAEs the "
+                "pack knows get their block, stream and model family from its table of known checkpoints. The info "
+                "output and the node's preview say what was loaded: format, width, latents, k and the block it was "
+                "trained on."
             ),
             inputs=[
                 io.Combo.Input("sae_name", options=list_local_saes() + [NONE],
                                tooltip="An SAE in models/sae. Ignored when hub_repo is set."),
                 io.String.Input("hub_repo", default="", optional=True,
-                                tooltip="Hugging Face repo id, e.g. surokpro2/sdxl-saes or bcywinski/SAeUron. "
-                                        "Downloaded once into models/sae/<owner>__<name>, then reused offline."),
+                                tooltip="Hugging Face repo id, e.g. surokpro2/sdxl-saes, bcywinski/SAeUron or "
+                                        "antoniomari/SAE_flux_18 (files at the repo root: leave hub_subfolder "
+                                        "empty). Downloaded once into models/sae/<owner>__<name>, then reused "
+                                        "offline."),
                 io.String.Input("hub_subfolder", default="", optional=True,
                                 tooltip="Folder inside the repo holding one SAE, e.g. "
                                         "unet.up_blocks.1.attentions.2 for SAeUron's style SAE."),

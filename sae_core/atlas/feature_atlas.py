@@ -187,16 +187,17 @@ class FeatureAtlas:
                 "mean_activation": float(self.mean_activation()[feature]), "examples": examples}
 
     def summary(self, query: str = "", sort: str = "firing_rate", limit: int = 200, offset: int = 0,
-                all_features: bool = False) -> dict:
+                all_features: bool = False, hidden: frozenset[int] = frozenset()) -> dict:
         """Features for the browser's grid: those with examples or labels (every feature with ``all_features``,
-        when each has a published preview), filtered by id, label and category words (see :mod:`.label_search`),
-        sorted, paginated."""
+        when each has a published preview), less the ``hidden`` ones (an SAE's always-on features), filtered by id,
+        label and category words (see :mod:`.label_search`), sorted, paginated."""
         check_choice("sort", sort, SORTS)
         rate, mean = self.firing_rate(), self.mean_activation()
         fired = (self.top_gens[:, 0] >= 0).tolist()
         labels = self.shown_labels()
         ids = list(range(self.n_latents)) if all_features else [f for f in range(self.n_latents)
                                                                   if fired[f] or f in labels]
+        ids = [f for f in ids if f not in hidden] if hidden else ids
         query = (query or "").strip()
         if query:
             ids = [f for f in ids if label_search.matches(query, f, labels.get(f))]

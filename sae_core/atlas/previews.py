@@ -1,19 +1,22 @@
 """Published preview images of features: where they come from, and a cache of them beside the SAE.
 
-The demo of *Unpacking SDXL Turbo* shows one picture of each feature's top activating generations, published in a
-hub repo as ``<block>/<feature>.jpg``. Which SAE's features have such pictures is data, not code: a small table
-(:data:`KNOWN_PREVIEWS`, keyed by the hub repo the SAE was downloaded from, which Load SAE names
-``models/sae/<owner>__<name>/``), and a source the user sets per atlas (kept in its index, ``meta["preview"]``),
-written as one line::
+The demos of *Unpacking SDXL Turbo* show one picture of each feature's top activating generations, published in a
+hub repo as ``<block>/<feature>.jpg`` (SDXL) or ``flux_18/part<1|2>/<feature>.jpg`` (Flux). Which SAE's features have
+such pictures is data, not code: the table of known published checkpoints (:mod:`..sae.known`, keyed by the hub repo
+the SAE was downloaded from, which Load SAE names ``models/sae/<owner>__<name>/``), and a source the user sets per
+atlas (kept in its index, ``meta["preview"]``), written as one line::
 
     dataset:surokpro2/sdxl_sae_images/{block}/{feature}.jpg     # [model:|dataset:]owner/name/path pattern
 
-``{feature}`` is the feature id and ``{block}`` the SAE's block as a short code (``down.2.1``, ``mid.0``). A picture
+``{feature}`` is the feature id and ``{block}`` the SAE's block as a short code (``down.2.1``, ``mid.0``); ``{part}``
+is the numbered folder a feature's picture is in, for the sources of the table that split their pictures so (the
+Flux demo's ``part1`` holds features 0..7000, ``part2`` the rest, as its ``app.py`` reads them). A picture
 is downloaded the first time it is viewed into ``<atlas>/previews/`` (the atlas sits beside its SAE), and served
 from there afterwards, with no network: a grid of 300 features must not cost 300 requests to the hub each time.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from ..blocks.names import short_code
 from ..errors import SAEHubError, SAEInputError
+from ..sae import known
 from ..sae.hub import REPO_TYPES, check_repo_id, download_file, hub_offline
 from ..validate import check_text, is_inside, relative_parts, resolve_inside, shown
 
@@ -33,18 +37,9 @@ MAX_PREVIEW_BYTES = 4 << 20
 RETRY_AFTER_S = 60.0  # after the hub could not be reached, do not ask again for this long
 
 
-@dataclass(frozen=True)
-class KnownPreviews:
-    source: str                # a source line (see the module's docstring)
-    blocks: tuple[str, ...]    # the blocks it has pictures for
-    n_latents: int             # the SAEs it has pictures for have this many features
-
-
-KNOWN_PREVIEWS: dict[str, KnownPreviews] = {
-    # Unpacking SDXL Turbo (Surkov et al.): the demo's pictures of its four SDXL Turbo SAEs
-    "surokpro2/sdxl-saes": KnownPreviews("dataset:surokpro2/sdxl_sae_images/{block}/{feature}.jpg",
-                                         ("down.2.1", "mid.0", "up.0.0", "up.0.1"), 5120),
-}
+# the published previews of the table of known checkpoints, by hub repo
+KNOWN_PREVIEWS: dict[str, known.KnownPreviews] = {
+    entry.repo: entry.previews for entry in known.known_checkpoints() if entry.previews is not None}
 
 
 @dataclass(frozen=True)
@@ -52,14 +47,16 @@ class PreviewSource:
     repo: str
     repo_type: str
     pattern: str
+    part_starts: tuple[int, ...] = ()  # where each {part} folder starts (only for the table's split sources)
 
     @property
     def spec(self) -> str:
         return f"{self.repo_type}:{self.repo}/{self.pattern}"
 
     def path_for(self, feature: int, block: str) -> str:
-        return "/".join(relative_parts(self.pattern.replace("{block}", block).replace("{feature}", str(feature)),
-                                       "preview path"))
+        part = str(bisect.bisect_right(self.part_starts, feature)) if self.part_starts else ""
+        filled = self.pattern.replace("{block}", block).replace("{part}", part).replace("{feature}", str(feature))
+        return "/".join(relative_parts(filled, "preview path"))
 
 
 def parse_source(spec: object) -> PreviewSource:
@@ -75,13 +72,14 @@ def parse_source(spec: object) -> PreviewSource:
         raise SAEInputError(f"preview source {shown(spec)} must be [dataset:]owner/name/path with {{feature}} in "
                             f"the path, e.g. {example}")
     repo, pattern = check_repo_id("/".join(parts[:2])), "/".join(parts[2:])
-    rest = pattern.replace("{block}", "").replace("{feature}", "")
+    split = next((p.part_starts for p in KNOWN_PREVIEWS.values() if p.source == f"{repo_type}:{repo}/{pattern}"), ())
+    rest = pattern.replace("{block}", "").replace("{feature}", "").replace("{part}", "" if split else "{part}")
     if "{feature}" not in pattern or "{" in rest or "}" in rest:
         raise SAEInputError(f"preview path {shown(pattern)} must contain {{feature}} (and may contain {{block}}), "
                             f"e.g. {example}")
     if not pattern.lower().endswith(IMAGE_SUFFIXES):
         raise SAEInputError(f"preview path {shown(pattern)} must end with one of {', '.join(IMAGE_SUFFIXES)}")
-    source = PreviewSource(repo, repo_type, pattern)
+    source = PreviewSource(repo, repo_type, pattern, split)
     source.path_for(0, "mid.0")  # no '..', absolute or odd names once filled in
     return source
 
@@ -95,17 +93,6 @@ def check_setting(text: object) -> str | None:
     if value.lower() in (AUTO, NONE):
         return value.lower()
     return parse_source(value).spec
-
-
-def repo_of_atlas(atlas_name: str | Path) -> str | None:
-    """The known hub repo an atlas's SAE was downloaded from, read from where it sits: Load SAE puts a hub repo's
-    files in ``models/sae/<owner>__<name>/``, so ``surokpro2__sdxl-saes/<run>/final.atlas`` -> ``surokpro2/sdxl-saes``.
-    The first folder of that form that names a repo of :data:`KNOWN_PREVIEWS` counts."""
-    for part in str(atlas_name).replace("\\", "/").split("/"):
-        owner, sep, name = part.partition("__")
-        if sep and f"{owner}/{name}" in KNOWN_PREVIEWS:
-            return f"{owner}/{name}"
-    return None
 
 
 def block_of(meta: dict) -> str | None:
@@ -127,11 +114,17 @@ def source_for(meta: dict, atlas_name: str | Path, n_latents: int | None = None)
             return parse_source(setting)
         except SAEInputError:
             return None
-    known = KNOWN_PREVIEWS.get(repo_of_atlas(atlas_name) or "")
-    n_latents = n_latents if n_latents is not None else meta.get("n_latents")
-    if known is None or block_of(meta) not in known.blocks or n_latents != known.n_latents:
+    entry = known.lookup(atlas_name)  # where the atlas sits says which repo its SAE came from
+    if entry is None or entry.previews is None:
         return None
-    return parse_source(known.source)
+    published = entry.previews
+    hookpoints = published.hookpoints or ((entry.hookpoint,) if entry.hookpoint else ())
+    n_latents = n_latents if n_latents is not None else meta.get("n_latents")
+    if hookpoints and block_of(meta) not in {short_code(h) for h in hookpoints}:
+        return None
+    if published.n_latents is not None and n_latents != published.n_latents:
+        return None
+    return parse_source(published.source)
 
 
 class PreviewUnavailable(SAEInputError):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import SAEInputError
+from ..sae import known
 from ..validate import check_choice, check_text
 from .feature_atlas import FeatureAtlas, list_atlases, resolve_atlas_name, update_label
 from .label_import import export_labels
@@ -36,6 +37,14 @@ def _int_param(params: Mapping[str, str], name: str, default: int | None = None,
     return value
 
 
+def excluded_features(atlas_name: str, n_latents: int) -> frozenset[int]:
+    """The always-on features of the known published SAE an atlas belongs to (none for other atlases)."""
+    entry = known.lookup(atlas_name)
+    if entry is None or entry.n_latents not in (None, n_latents):
+        return frozenset()
+    return frozenset(f for f in entry.exclude if 0 <= f < n_latents)
+
+
 class AtlasService:
     """The browser backend over the SAE model folders returned by ``roots()``."""
 
@@ -60,13 +69,18 @@ class AtlasService:
         return {"atlases": list_atlases(self.roots())}
 
     def features(self, params: Mapping[str, str]) -> dict:
-        """The grid: every feature when the atlas has published previews, else those with examples or labels."""
+        """The grid: every feature when the atlas has published previews, else those with examples or labels; the
+        SAE's always-on features (its authors' exclude list) only with ``show_excluded=1``."""
         atlas = self._atlas(self._folder(params))
         source = source_for(atlas.meta, params["atlas"], atlas.n_latents)
+        excluded = excluded_features(params["atlas"], atlas.n_latents)
+        show = _int_param(params, "show_excluded", 0, 0, 1) == 1
         answer = atlas.summary(query=check_text("q", params.get("q", ""), 200), sort=params.get("sort", "firing_rate"),
                                limit=_int_param(params, "limit", 200, 1, MAX_PAGE),
-                               offset=_int_param(params, "offset", 0), all_features=source is not None)
+                               offset=_int_param(params, "offset", 0), all_features=source is not None,
+                               hidden=frozenset() if show else excluded)
         answer["preview"] = self._preview_info(atlas, params["atlas"])
+        answer["excluded"] = sorted(excluded)
         return answer
 
     def feature(self, params: Mapping[str, str]) -> dict:

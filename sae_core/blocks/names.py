@@ -7,7 +7,8 @@ from ..errors import SAEInputError
 from .families import FAMILIES, infer_model_family
 from .notation import UNET, strip_prefix
 
-__all__ = ["diffusers_name", "hookpoint_of", "infer_model_family", "short_code", "strip_prefix", "unet_comfy_path"]
+__all__ = ["diffusers_name", "hookpoint_of", "infer_model_family", "is_unet_name", "short_code", "strip_prefix",
+           "unet_comfy_path"]
 
 
 def diffusers_name(text: str) -> str | None:
@@ -40,3 +41,8 @@ def hookpoint_of(block: str) -> str:
 def unet_comfy_path(text: str) -> str | None:
     """A ComfyUI U-Net block path (``input_blocks.8.1``) if ``text`` is one, else None."""
     return UNET.comfy_path(text)
+
+
+def is_unet_name(text: str) -> bool:
+    """Whether ``text`` is a U-Net block's diffusers name (``unet.`` prefix or not)."""
+    return UNET.short(strip_prefix(text)) is not None

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..cli import command
+from ..sae.model import STREAMS
 
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:
@@ -19,6 +20,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     sae = load_sae(args.path, hookpoint=args.hookpoint)
     info = sae.info()
+    info["published_as"] = sae.extra.get("known_repo")  # the table of known checkpoints' entry, if any
     if args.json:
         print(json.dumps(info, sort_keys=True))
         return 0
@@ -36,6 +38,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set-hookpoint", help="record this hookpoint (e.g. unet.up_blocks.0.attentions.1)")
     p.add_argument("--set-input-kind", choices=["diff", "output"], help="record what the SAE encodes")
     p.add_argument("--set-model-family", help="record the model family (sdxl, sd15, ...)")
+    p.add_argument("--set-stream", choices=list(STREAMS), help="record which tokens the SAE encodes")
 
 
 @command("convert", "convert an SAE to the native single-file format", _convert_args)
@@ -52,6 +55,8 @@ def _convert(args: argparse.Namespace) -> int:
         sae.input_kind = args.set_input_kind
     if args.set_model_family:
         sae.model_family = args.set_model_family
+    if args.set_stream:
+        sae.stream = args.set_stream
     save(sae, args.dst, extra={"converted_from": sae.source_format})
     print(f"wrote {args.dst}: {sae.describe()}")
     return 0

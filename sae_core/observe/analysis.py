@@ -45,6 +45,7 @@ class Selection:
     steps: list[int]
     description: str
     n_latents: int
+    excluded: tuple[int, ...] = ()  # the SAE's always-on features (its authors' exclude list)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -151,7 +152,8 @@ def select(recording: Recording, pass_name: str = "positive", batch: int = 0, st
     where = "all images" if batch == ALL else f"image {batch}"
     when = f"step {step} of {len(steps)}" if step != ALL else (
         f"mean over {len(chosen)} steps" if len(chosen) > 1 else "1 step")
-    return Selection(samples, chosen, f"{recording.block}, {pass_name} pass, {where}, {when}", recording.n_latents)
+    return Selection(samples, chosen, f"{recording.block}, {pass_name} pass, {where}, {when}", recording.n_latents,
+                     tuple(getattr(recording, "excluded", ())))
 
 
 def _ranges(values: list[int]) -> str:
@@ -208,11 +210,14 @@ def dense_stats(selection: Selection) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def rank_features(selection: Selection, top_n: int) -> FeatureStats:
-    """The ``top_n`` features by mean activation (the paper's ranking); features that never fired are left out."""
+    """The ``top_n`` features by mean activation (the paper's ranking); features that never fired are left out, and
+    so are the SAE's always-on features (the Flux demo zeroes its exclude list before ranking)."""
     if top_n < 1:
         raise SAEInputError(f"top_n must be at least 1, got {top_n}")
     mean, fraction, peak = dense_stats(selection)
-    order = sorted(range(len(mean)), key=lambda f: (-float(mean[f]), -float(fraction[f]), f))
+    excluded = set(selection.excluded)
+    order = sorted((f for f in range(len(mean)) if f not in excluded),
+                   key=lambda f: (-float(mean[f]), -float(fraction[f]), f))
     chosen = [f for f in order[:top_n] if mean[f] > 0]
     index = torch.tensor(chosen, dtype=torch.long)
     return FeatureStats(index, mean[index].float(), fraction[index].float(), peak[index].float())

@@ -72,6 +72,7 @@ class Recording:
         self.block = block
         self.sae_description = sae.describe()
         self.sae_path = sae.source_path  # lets readers find the SAE's feature atlas
+        self.excluded = tuple(getattr(sae, "excluded", ()))  # always-on features, never ranked as "top"
         self.index_dtype = torch.int16 if sae.n_latents <= torch.iinfo(torch.int16).max else torch.int32
         self.run: Run | None = None
         self._runs_started = 0

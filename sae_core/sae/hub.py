@@ -8,12 +8,10 @@ from pathlib import Path
 
 from ..errors import SAEHubError, SAEInputError
 from ..validate import relative_parts, shown
+from .known import repo_entries
 
-KNOWN_REPOS = {
-    "surokpro2/sdxl-saes": "Unpacking SDXL Turbo SAEs (sdxl-unbox format, block update)",
-    "bcywinski/SAeUron": "SAeUron SAEs for SD1.5 UnlearnCanvas (sparsify format, block output)",
-    "bcywinski/SAeUron_coco": "SAeUron SAEs trained on COCO prompts (sparsify format, block output)",
-}
+# the loadable repos of the table of known checkpoints, with what they hold (examples in errors and help)
+KNOWN_REPOS = {repo: entry.title for repo, entry in repo_entries().items() if not entry.unsupported}
 
 
 REPO_TYPES = ("model", "dataset")
@@ -26,7 +24,7 @@ def check_repo_id(repo_id: object) -> str:
     parts = text.split("/") if isinstance(text, str) else []
     if len(parts) != 2 or not all(_REPO_PART.match(p) and ".." not in p for p in parts):
         raise SAEInputError(f"hub repo id {shown(repo_id)} is not of the form owner/name "
-                            f"(for example {', '.join(KNOWN_REPOS)})")
+                            f"(for example {', '.join(list(KNOWN_REPOS)[:3])})")
     return text
 
 

@@ -5,7 +5,12 @@ Both papers' SAEs are the same function written twice:
 pre-activations of each position and ReLUs them (sdxl-unbox calls ``b_dec`` "pre_bias" and ``b_enc``
 "latent_bias"; sparsify ReLUs before the top-k, which selects the same non-zero latents). SAeUron adds
 an optional per-vector standardisation of the input, undone after decoding. SAELens ReLU and JumpReLU
-SAEs fit the same template with a different ``act``.
+SAEs fit the same template with a different ``act`` (gated SAEs load as JumpReLU: their gate is a threshold on
+the magnitude path's pre-activation), and sparsify's ``groupmax`` keeps the largest latent of each of k groups.
+Input normalisations (SAeUron's standardisation, SAELens's ``constant_norm_rescale`` and ``layer_norm``) map x into
+the SAE's space per vector; decoded changes are mapped back with the same vector's scale, so edits stay in the
+block's units. A sparsify skip connection (``W_skip``) adds ``W_skip x`` to the reconstruction only: it depends on
+the input alone, so no feature edit changes it.
 
 Weights are stored row-major as ``W_enc (n_latents, d_in)`` and ``W_dec (n_latents, d_in)``: row j of
 ``W_dec`` is latent j's direction. Inference methods follow the caller's device and dtype (weights are
@@ -24,8 +29,15 @@ from ..blocks.patch import INPUT_KINDS
 from ..errors import SAEInputError
 from ..validate import check_choice
 
-ACTIVATIONS = ("topk", "relu", "jumprelu")
-STANDARDIZE_EPS = 1e-5  # SAeUron's input_unit_norm adds this to the std
+ACTIVATIONS = ("topk", "relu", "jumprelu", "groupmax")
+SPARSE_ACTIVATIONS = ("topk", "groupmax")  # activations with a fixed number k of active latents
+STANDARDIZE_EPS = 1e-5  # SAeUron's input_unit_norm and SAELens's layer_norm add this to the std
+# what is done to each input vector before encoding (undone after decoding): none, SAeUron's input_unit_norm
+# ("standardize"), and SAELens's run-time normalisations
+NORMALIZATIONS = ("none", "standardize", "constant_norm_rescale", "layer_norm")
+# which tokens of a block the SAE was trained on: the image tokens, the text tokens (a DiT's text stream), or both
+# (the concatenated text+image sequence of a Flux single block, which SAE Lab patches at its image tokens)
+STREAMS = ("image", "text", "text+image")
 ENCODE_CHUNK = 1 << 24  # pre-activations computed at once by the sparse encode (64 MB in fp32)
 
 
@@ -47,7 +59,7 @@ class Standardization:
         """Map an SAE-space reconstruction back to activation space."""
         if self.scale is None:
             return y
-        return y * self.scale + self.mean
+        return y * self.scale if self.mean is None else y * self.scale + self.mean
 
     def undo_delta(self, dy: Tensor) -> Tensor:
         """Map an SAE-space *difference* back (the mean cancels)."""
@@ -75,7 +87,9 @@ class SparseAutoencoder(nn.Module):
 
     Attributes beyond the weights: ``k`` (None for ReLU/JumpReLU SAEs), ``activation``, ``input_norm``,
     ``hookpoint`` (diffusers-style, e.g. ``unet.down_blocks.2.attentions.1``), ``input_kind``
-    (``"diff"`` = block update, ``"output"`` = block output), ``model_family``, ``source_format``, ``name``.
+    (``"diff"`` = block update, ``"output"`` = block output), ``stream`` (see :data:`STREAMS`), ``model_family``,
+    ``source_format``, ``name``, ``normalization`` (see :data:`NORMALIZATIONS`; ``input_norm`` is True for any but
+    "none") and ``excluded`` (always-on features its authors leave out of rankings and the atlas).
     Optional per-feature statistics (``feature_mean``, ``feature_std``, ``feature_firing_rate``) express
     edit strengths in the paper's units.
     """
@@ -87,9 +101,10 @@ class SparseAutoencoder(nn.Module):
         k: int | None,
         *,
         activation: str = "topk",
-        input_norm: bool = False,
+        input_norm: bool | str = False,
         hookpoint: str | None = None,
         input_kind: str | None = None,
+        stream: str = "image",
         model_family: str | None = None,
         source_format: str = "native",
         name: str = "",
@@ -101,12 +116,20 @@ class SparseAutoencoder(nn.Module):
             raise SAEInputError(f"activation {activation!r} is not supported; valid: {', '.join(ACTIVATIONS)}")
         if d_in <= 0 or n_latents <= 0:
             raise SAEInputError(f"d_in and n_latents must be positive, got d_in={d_in}, n_latents={n_latents}")
-        if activation == "topk" and (k is None or not 1 <= k <= n_latents):
-            raise SAEInputError(f"k must be between 1 and n_latents={n_latents} for a TopK SAE, got k={k}")
-        if activation != "topk" and k is not None:
-            raise SAEInputError(f"k is only meaningful for TopK SAEs, got k={k} with activation={activation!r}")
+        if activation in SPARSE_ACTIVATIONS and (k is None or not 1 <= k <= n_latents):
+            raise SAEInputError(f"k must be between 1 and n_latents={n_latents} for a {activation} SAE, got k={k}")
+        if activation == "groupmax" and n_latents % k:
+            raise SAEInputError(f"a groupmax SAE needs n_latents divisible by k (k groups of equal size), got "
+                                f"n_latents={n_latents}, k={k}")
+        if activation not in SPARSE_ACTIVATIONS and k is not None:
+            raise SAEInputError(f"k is only meaningful for TopK/groupmax SAEs, got k={k} with "
+                                f"activation={activation!r}")
         if input_kind is not None:
             check_choice("input_kind", input_kind, INPUT_KINDS)
+        check_choice("stream", stream, STREAMS)
+        if isinstance(input_norm, bool):
+            input_norm = "standardize" if input_norm else "none"
+        check_choice("input normalisation", input_norm, NORMALIZATIONS)
         factory = {"dtype": dtype, "device": device}
         self.W_enc = nn.Parameter(torch.empty(n_latents, d_in, **factory))
         self.b_enc = nn.Parameter(torch.zeros(n_latents, **factory))
@@ -116,16 +139,19 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("feature_mean", None)
         self.register_buffer("feature_std", None)
         self.register_buffer("feature_firing_rate", None)
+        self.register_buffer("W_skip", None)  # sparsify's skip connection (d_in, d_in), reconstruction only
         self.k = k
         self.activation = activation
-        self.input_norm = bool(input_norm)
+        self.normalization = input_norm
         self.hookpoint = hookpoint
         self.input_kind = input_kind
+        self.stream = stream
         self.model_family = model_family
         self.source_format = source_format
         self.name = name
         self.source_path: str | None = None  # where it was loaded from (set by load_sae)
         self.extra: dict = {}  # free-form provenance (training settings...), kept by the native format
+        self.excluded: tuple[int, ...] = ()  # always-on features, never offered as "top" nor shown by default
         self._cast_cache: dict[tuple, tuple[tuple, _Weights]] = {}
         self.reset_parameters()
 
@@ -149,6 +175,11 @@ class SparseAutoencoder(nn.Module):
         return self.W_enc.shape[0]
 
     @property
+    def input_norm(self) -> bool:
+        """Whether each input vector is normalised before encoding (and the decoded change scaled back)."""
+        return self.normalization != "none"
+
+    @property
     def has_stats(self) -> bool:
         return self.feature_mean is not None
 
@@ -161,20 +192,27 @@ class SparseAutoencoder(nn.Module):
             "k": self.k,
             "activation": self.activation,
             "input_norm": self.input_norm,
+            "normalization": self.normalization,
+            "skip_connection": self.W_skip is not None,
             "hookpoint": self.hookpoint,
             "input_kind": self.input_kind,
+            "stream": self.stream,
             "model_family": self.model_family,
             "name": self.name,
             "has_stats": self.has_stats,
+            "excluded": list(self.excluded),
         }
 
     def describe(self) -> str:
         """One line for tooltips and logs."""
-        sparsity = f"k={self.k}" if self.k is not None else self.activation
+        sparsity = {"topk": f"k={self.k}", "groupmax": f"groupmax k={self.k}"}.get(self.activation, self.activation)
         where = self.hookpoint or "unknown block"
         kind = {"diff": "block update", "output": "block output"}.get(self.input_kind or "", "unknown input")
+        stream = f" ({self.stream} tokens)" if self.stream != "image" else ""
+        family = f" of {self.model_family}" if self.model_family else ""
         stats = ", with feature stats" if self.has_stats else ""
-        return f"{self.source_format} SAE {self.d_in}->{self.n_latents} ({sparsity}) at {where} on the {kind}{stats}"
+        return (f"{self.source_format} SAE {self.d_in}->{self.n_latents} ({sparsity}) at {where}{family} on the "
+                f"{kind}{stream}{stats}")
 
     def identity(self) -> dict:
         """What files made for this SAE (concept profiles, atlases) record about it: the fingerprint decides whether
@@ -189,14 +227,16 @@ class SparseAutoencoder(nn.Module):
         different SAE does not. Saved concept profiles and feature atlases use it to refuse another SAE.
         Cached until the weights change.
         """
-        tensors = [self.W_enc, self.b_enc, self.W_dec, self.b_dec] + ([self.threshold] if self.threshold is not None
-                                                                      else [])
+        tensors = [t for t in (self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold, self.W_skip)
+                   if t is not None]
         stamp = tuple((t.data_ptr(), _version(t)) for t in tensors)
         cached = getattr(self, "_fingerprint", None)
         if cached is None or cached[0] != stamp:
             import hashlib
 
             settings = f"{self.d_in}x{self.n_latents}:{self.activation}:{self.k}:{self.input_norm}"
+            if self.normalization not in ("none", "standardize"):
+                settings += f":{self.normalization}"  # the older settings keep their ids
             digest = hashlib.sha256(settings.encode())
             for t in tensors:
                 digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -260,13 +300,21 @@ class SparseAutoencoder(nn.Module):
             raise SAEInputError(f"SAE expects vectors of width {self.d_in}, got shape {tuple(x.shape)}")
 
     def standardize(self, x: Tensor) -> tuple[Tensor, Standardization]:
-        """SAeUron's ``input_unit_norm``: centre and scale each vector (identity for other SAEs)."""
-        if not self.input_norm:
+        """The input normalisation of each vector, and how to map SAE-space results back (identity for "none").
+
+        SAeUron's ``input_unit_norm`` centres and divides by ``std + eps`` and undoes with the same scale; SAELens's
+        ``layer_norm`` divides by ``std + eps`` but undoes with ``std`` (as its code does); ``constant_norm_rescale``
+        scales each vector to norm sqrt(d_in) and back."""
+        if self.normalization == "none":
             return x, Standardization(None, None)
+        if self.normalization == "constant_norm_rescale":
+            scale = x.norm(dim=-1, keepdim=True) / (self.d_in ** 0.5)
+            return x / scale, Standardization(None, scale)
         mean = x.mean(dim=-1, keepdim=True)
         centred = x - mean
-        scale = centred.std(dim=-1, keepdim=True) + STANDARDIZE_EPS
-        return centred / scale, Standardization(mean, scale)
+        std = centred.std(dim=-1, keepdim=True)
+        xs = centred / (std + STANDARDIZE_EPS)
+        return xs, Standardization(mean, std if self.normalization == "layer_norm" else std + STANDARDIZE_EPS)
 
     def pre_activations(self, x: Tensor, *, standardized: bool = False) -> Tensor:
         """``W_enc (x - b_dec) + b_enc`` for x of shape (..., d_in); standardises x first unless told it is."""
@@ -278,15 +326,25 @@ class SparseAutoencoder(nn.Module):
         pre = torch.addmm(w.b_enc, flat, w.W_enc.t())
         return pre.reshape(*x.shape[:-1], self.n_latents)
 
+    def _group_max(self, pre: Tensor) -> SparseCode:
+        """sparsify's groupmax: the largest ReLU'd pre-activation of each of k equal groups of latents."""
+        values, indices = pre.relu().unflatten(-1, (self.k, -1)).max(dim=-1)
+        offsets = torch.arange(0, self.n_latents, self.n_latents // self.k, device=pre.device)
+        return SparseCode(values, indices + offsets)
+
     def activate(self, pre: Tensor) -> Tensor:
         """Dense latents from pre-activations."""
-        if self.activation == "topk":
-            values, indices = pre.topk(self.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        if self.activation in SPARSE_ACTIVATIONS:
+            values, indices = self.topk_from_pre(pre)
+            return torch.zeros_like(pre).scatter_(-1, indices, values)
         if self.activation == "relu":
             return pre.relu()
-        threshold = self._weights(pre).threshold
-        return pre * (pre > threshold)
+        return self._jump(pre, self._weights(pre).threshold)
+
+    @staticmethod
+    def _jump(pre: Tensor, threshold: Tensor) -> Tensor:
+        """JumpReLU as SAELens writes it: ReLU, zero where the pre-activation does not exceed the threshold."""
+        return pre.relu() * (pre > threshold)
 
     def encode(self, x: Tensor) -> Tensor:
         """Dense latents (..., n_latents) for x (..., d_in)."""
@@ -295,8 +353,14 @@ class SparseAutoencoder(nn.Module):
     def topk_from_pre(self, pre: Tensor, k: int | None = None) -> SparseCode:
         """The sparse code from pre-activations: top-k values (ReLU'd) and their indices."""
         k = self._resolve_k(k)
+        if self.activation == "groupmax":
+            code = self._group_max(pre)
+            if k >= self.k:
+                return code
+            values, picked = code.values.topk(k, dim=-1, sorted=False)  # fewer kept: the strongest groups
+            return SparseCode(values, code.indices.gather(-1, picked))
         if self.activation == "jumprelu":
-            pre = pre * (pre > self._weights(pre).threshold)
+            pre = self._jump(pre, self._weights(pre).threshold)
         values, indices = pre.topk(k, dim=-1, sorted=False)
         return SparseCode(values.relu(), indices)
 
@@ -321,11 +385,11 @@ class SparseAutoencoder(nn.Module):
     def feature_activations(self, x: Tensor, features: Tensor, *, standardized: bool = False) -> Tensor:
         """Activations (..., F) of the given features only, exactly as in the full code.
 
-        TopK SAEs need every pre-activation to know whether a feature made the top k; ReLU and JumpReLU
-        SAEs only compute the requested rows.
+        TopK and groupmax SAEs need every pre-activation to know whether a feature made the top k (or its group's
+        maximum); ReLU and JumpReLU SAEs only compute the requested rows.
         """
         features = features.to(device=x.device, dtype=torch.long)
-        if self.activation == "topk":
+        if self.activation in SPARSE_ACTIVATIONS:
             code = self.encode_topk(x, standardized=standardized)
             hits = code.indices[..., :, None] == features
             return (code.values[..., :, None] * hits).sum(dim=-2)
@@ -335,7 +399,7 @@ class SparseAutoencoder(nn.Module):
         pre = (x - w.b_dec) @ w.W_enc[features].t() + w.b_enc[features]
         if self.activation == "relu":
             return pre.relu()
-        return pre * (pre > w.threshold[features])
+        return self._jump(pre, w.threshold[features])
 
     def _resolve_k(self, k: int | None) -> int:
         k = self.k if k is None else k
@@ -343,7 +407,7 @@ class SparseAutoencoder(nn.Module):
             raise SAEInputError(f"this {self.activation} SAE has no k; pass k to get a top-k code")
         if not 1 <= k <= self.n_latents:
             raise SAEInputError(f"k must be between 1 and {self.n_latents}, got {k}")
-        return k
+        return min(k, self.k) if self.activation == "groupmax" else k
 
     # ----------------------------------------------------------------- decode
     def decode(self, z: Tensor) -> Tensor:
@@ -368,12 +432,15 @@ class SparseAutoencoder(nn.Module):
 
     # ----------------------------------------------------------------- round trip
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Encode then decode, in the activation space of x (standardisation undone)."""
+        """Encode then decode, in the activation space of x (normalisation undone, skip connection added)."""
         xs, norm = self.standardize(x)
         if self.k is None:
-            return norm.undo(self.decode(self.activate(self.pre_activations(xs, standardized=True))))
-        code = self.topk_from_pre(self.pre_activations(xs, standardized=True))
-        return norm.undo(self.decode_sparse(code))
+            out = norm.undo(self.decode(self.activate(self.pre_activations(xs, standardized=True))))
+        else:
+            out = norm.undo(self.decode_sparse(self.topk_from_pre(self.pre_activations(xs, standardized=True))))
+        if self.W_skip is not None:
+            out = out + x @ self.W_skip.to(x.device, x.dtype).t()
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstruct(x)

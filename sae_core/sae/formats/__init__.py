@@ -1,22 +1,28 @@
 """Find and load SAEs in any supported format, recognised by content (config fields, tensor names,
-metadata) rather than by file or folder names. Each format module follows :class:`.base.CheckpointFormat`."""
+metadata) rather than by file or folder names. Each format module follows :class:`.base.CheckpointFormat`.
+
+What a checkpoint does not say about itself (the block of a repo-root SAE, its stream, model family, always-on
+features) comes from the table of known published checkpoints (:mod:`..known`), matched by the download folder;
+what neither says is guessed from the block and width last (:func:`...blocks.families.infer_model_family`)."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...blocks.names import diffusers_name
+from ...blocks.names import diffusers_name, infer_model_family, is_unet_name
 from ...errors import SAEFormatError, SAEInputError
+from .. import known
 from ..model import SparseAutoencoder
-from . import native, saelens, sparsify, unbox
+from . import fluxlens, native, saelens, sparsify, unbox
 from .common import read_safetensors_metadata
 
-FORMATS = (native, unbox, sparsify, saelens)  # native is a file; the others are folders
+FORMATS = (native, unbox, sparsify, saelens, fluxlens)  # native is a file; the others are folders
 FORMAT_NAMES = tuple(fmt.NAME for fmt in FORMATS)
 _EXPECTED = (
     "a native .safetensors SAE file, or a folder holding config.json + state_dict.pth (sdxl-unbox), "
-    "cfg.json + sae.safetensors (sparsify/SAeUron) or cfg.json + sae_weights.safetensors (SAELens)"
+    "cfg.json + sae.safetensors (sparsify/SAeUron), cfg.json + sae_weights.safetensors (SAELens) or "
+    "config.json + model.safetensors (fluxlens)"
 )
 
 
@@ -34,7 +40,8 @@ def detect(path: str | Path) -> FoundSAE | None:
     path = Path(path)
     for fmt in FORMATS:
         if fmt.matches(path):
-            return FoundSAE(fmt.NAME, path, fmt.hookpoint(path))
+            entry = known.lookup(path)
+            return FoundSAE(fmt.NAME, path, fmt.hookpoint(path) or (entry.hookpoint if entry else None))
     return None
 
 
@@ -65,9 +72,44 @@ def find_saes(root: str | Path, max_depth: int = 4) -> list[FoundSAE]:
 
 
 def _load_found(found: FoundSAE) -> SparseAutoencoder:
-    sae = next(fmt for fmt in FORMATS if fmt.NAME == found.format).load(found.path)
+    fmt = next(fmt for fmt in FORMATS if fmt.NAME == found.format)
+    sae = fmt.load(found.path)
     sae.source_path = str(found.path)
+    entry = known.lookup(found.path)
+    if entry is not None:
+        declared = getattr(fmt, "declared_stream", None)
+        _apply_known(sae, entry, found.path, stream_from_checkpoint=declared is not None and bool(declared(found.path)))
+    if sae.model_family is None:
+        unet = sae.hookpoint is not None and is_unet_name(sae.hookpoint)
+        sae.model_family = infer_model_family(sae.hookpoint, sae.d_in) or (
+            getattr(fmt, "UNET_FAMILY", None) if unet else None)
     return sae
+
+
+def _apply_known(sae: SparseAutoencoder, entry: known.KnownCheckpoint, path: Path, *,
+                 stream_from_checkpoint: bool) -> None:
+    """Fill what the checkpoint left unsaid from its table entry, after checking it is the SAE the entry means."""
+    published = (entry.format or sae.source_format, entry.d_in or sae.d_in, entry.n_latents or sae.n_latents)
+    if published != (sae.source_format, sae.d_in, sae.n_latents):
+        raise SAEFormatError(path, f"sits in the download folder of {entry.repo} but is not the SAE published there",
+                             found=f"a {sae.source_format} SAE {sae.d_in}->{sae.n_latents}",
+                             expected=f"a {published[0]} SAE {published[1]}->{published[2]}")
+    sae.hookpoint = sae.hookpoint or entry.hookpoint
+    sae.input_kind = sae.input_kind or entry.input_kind
+    sae.model_family = sae.model_family or entry.model_family
+    if entry.stream and not stream_from_checkpoint:
+        sae.stream = entry.stream
+    if not sae.excluded:
+        sae.excluded = tuple(sorted({f for f in entry.exclude if 0 <= f < sae.n_latents}))
+    sae.extra = {**sae.extra, "known_repo": entry.repo}
+
+
+def refuse_unsupported(path: Path) -> None:
+    """A known published checkpoint SAE Lab cannot load gets its reason, not "no SAE of a known format"."""
+    entry = known.lookup(path)
+    if entry is not None and entry.unsupported:
+        raise SAEFormatError(path, f"is {entry.title} ({entry.repo}), which SAE Lab cannot load: {entry.unsupported}",
+                             found=f"the {entry.format} format")
 
 
 def _pick(candidates: list[FoundSAE], hookpoint: str | None, root: Path, hint_name: str) -> FoundSAE:
@@ -104,6 +146,7 @@ def load_sae(source: str | Path, *, hookpoint: str | None = None,
     path = Path(source).expanduser()
     if not path.exists():
         raise SAEFormatError(path, "does not exist", expected=_EXPECTED)
+    refuse_unsupported(path)
     hit = detect(path)
     if hit is None and path.is_file():
         parent_hit = detect(path.parent)

@@ -4,7 +4,9 @@ Tensors: ``W_enc`` (n, d), ``b_enc`` (n), ``W_dec`` (n, d), ``b_dec`` (d), optio
 feature statistics ``feature_mean``, ``feature_std``, ``feature_firing_rate`` (n). Metadata (strings):
 ``sae_format``, ``format_version``, ``d_in``, ``n_latents``, ``k``, ``activation``, ``input_norm``,
 ``hookpoint``, ``input_kind``, ``model_family`` (sdxl, sd15, flux, sd3, qwen_image...), ``source_format``,
-``name`` and free-form JSON ``extra`` (training settings, provenance).
+``name`` and free-form JSON ``extra`` (training settings, provenance); optional ``input_normalization`` (one of
+``NORMALIZATIONS``, else ``input_norm`` decides), ``stream`` (default image), ``excluded`` (a JSON list of feature
+ids) and the tensor ``W_skip`` (d_in, d_in) of a skip connection.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from ...blocks.patch import INPUT_KINDS
 from ...errors import SAEFormatError
 from ...files import atomic_write, check_version
-from ..model import ACTIVATIONS, SparseAutoencoder
+from ..model import ACTIVATIONS, NORMALIZATIONS, SPARSE_ACTIVATIONS, STREAMS, SparseAutoencoder
 from .base import build_sae
 from .common import read_safetensors, read_safetensors_metadata, require_finite, require_tensor
 
@@ -70,25 +72,44 @@ def load(path: Path) -> SparseAutoencoder:
                              expected=" or ".join(ACTIVATIONS))
     if d < 1 or n < 1:
         raise SAEFormatError(path, "d_in and n_latents must be positive", found=f"d_in={d}, n_latents={n}")
-    if activation == "topk" and (k is None or not 1 <= k <= n):
+    if activation in SPARSE_ACTIVATIONS and (k is None or not 1 <= k <= n):
         raise SAEFormatError(path, "k is out of range", found=f"k={k}", expected=f"1 <= k <= n_latents={n}")
     input_kind = meta.get("input_kind") or None
     if input_kind not in (None, *INPUT_KINDS):
         raise SAEFormatError(path, "unknown input_kind in metadata", found=repr(input_kind)[:80],
                              expected=" or ".join(INPUT_KINDS))
+    normalization = meta.get("input_normalization") or ("standardize" if meta.get("input_norm") == "true" else "none")
+    stream = meta.get("stream") or "image"
+    for field, value, valid in (("input_normalization", normalization, NORMALIZATIONS), ("stream", stream, STREAMS)):
+        if value not in valid:
+            raise SAEFormatError(path, f"unknown {field} in metadata", found=repr(value)[:80],
+                                 expected=" or ".join(valid))
     names = {name: name for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if activation == "jumprelu":
         names["threshold"] = "threshold"
     stats = {name: require_tensor(tensors, name, (n,), path) for name in _STATS if name in tensors}
     sae = build_sae(
-        path, tensors, names, d, n, k, activation=activation, input_norm=meta.get("input_norm") == "true",
-        hookpoint=meta.get("hookpoint") or None, input_kind=input_kind,
+        path, tensors, names, d, n, k, activation=activation, input_norm=normalization,
+        hookpoint=meta.get("hookpoint") or None, input_kind=input_kind, stream=stream, skip=tensors.get("W_skip"),
         model_family=meta.get("model_family") or None, source_format=meta.get("source_format") or NAME,
         name=meta.get("name") or path.stem,
         stats={key.removeprefix("feature_"): value for key, value in stats.items()},
     )
     sae.extra = _meta_json(meta, "extra", path)
+    sae.excluded = excluded_features(meta.get("excluded") or "[]", n, path)
     return sae
+
+
+def excluded_features(text: str, n_latents: int, path: Path) -> tuple[int, ...]:
+    """A JSON list of feature ids, each in range, as a sorted tuple."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SAEFormatError(path, "metadata field 'excluded' is not valid JSON", found=str(exc)) from None
+    if not isinstance(value, list) or not all(type(f) is int and 0 <= f < n_latents for f in value):
+        raise SAEFormatError(path, "metadata field 'excluded' is not a list of feature ids",
+                             found=repr(value)[:80], expected=f"integers in 0..{n_latents - 1}")
+    return tuple(sorted(set(value)))
 
 
 def metadata_for(sae: SparseAutoencoder, extra: dict | None = None) -> dict[str, str]:
@@ -101,8 +122,11 @@ def metadata_for(sae: SparseAutoencoder, extra: dict | None = None) -> dict[str,
         "k": "" if sae.k is None else str(sae.k),
         "activation": sae.activation,
         "input_norm": "true" if sae.input_norm else "false",
+        "input_normalization": sae.normalization,
         "hookpoint": sae.hookpoint or "",
         "input_kind": sae.input_kind or "",
+        "stream": sae.stream,
+        "excluded": json.dumps(list(sae.excluded)),
         "model_family": sae.model_family or "",
         "source_format": sae.source_format,
         "name": sae.name,
@@ -120,7 +144,7 @@ def save(sae: SparseAutoencoder, path: str | Path, *, extra: dict | None = None)
         raise SAEFormatError(path, "native SAE files must end in .safetensors", found=path.suffix or "no suffix")
     tensors = {name: getattr(sae, name).detach().float().cpu().contiguous()
                for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    for name in ("threshold", *_STATS):
+    for name in ("threshold", "W_skip", *_STATS):
         value = getattr(sae, name)
         if value is not None:
             tensors[name] = value.detach().float().cpu().contiguous()

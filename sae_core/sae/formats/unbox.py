@@ -1,7 +1,8 @@
 """sdxl-unbox (openai-style TopK) folders: config.json + state_dict.pth (+ mean.pt, std.pt).
 
-The published layout is ``<hookpoint>_k10_hidden5120_auxk256_bs4096_lr0.0001/final/``; these SAEs
-encode the block *update* (output - input) of SDXL Turbo.
+The SDXL layout is ``<hookpoint>_k10_hidden5120_auxk256_bs4096_lr0.0001/final/``; these SAEs encode the block
+*update* (output - input) of SDXL Turbo. The authors' Flux SAE (``antoniomari/SAE_flux_18``) has the same files at
+its repo root, whose name says nothing of the block: the table of known checkpoints (:mod:`..known`) gives it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ...blocks.names import diffusers_name, hookpoint_of, infer_model_family
+from ...blocks.names import diffusers_name, hookpoint_of
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
 from .base import build_sae
@@ -19,6 +20,7 @@ from .common import check_k, config_int, read_json, read_torch_pickle
 NAME = "sdxl-unbox"
 CONFIG = "config.json"
 WEIGHTS = "state_dict.pth"
+UNET_FAMILY = "sdxl"  # a U-Net block the width does not decide: the unbox code targets SDXL Turbo
 _RUN_NAME = re.compile(r"^(?P<hook>.+?)_k\d+_hidden\d+")
 
 
@@ -74,7 +76,6 @@ def load(path: Path) -> SparseAutoencoder:
         {"W_enc": "encoder.weight", "W_dec": "decoder.weight", "b_enc": "latent_bias", "b_dec": "pre_bias"},
         d, n, k, transposed=("W_dec",),
         stats={"mean": _stat(path, "mean.pt", n), "std": _stat(path, "std.pt", n)},
-        hookpoint=hook, input_kind="diff",
-        model_family=infer_model_family(hook, d) or "sdxl",  # the unbox code targets SDXL Turbo
-        source_format=NAME, name=path.parent.name if path.name == "final" else path.name,
+        hookpoint=hook, input_kind="diff", source_format=NAME,
+        name=path.parent.name if path.name == "final" else path.name,
     )
