@@ -199,3 +199,53 @@ def qwen_image_steer_feature() -> dict:
         "ModelSamplingAuraFlow shift 3.1."],
         pos=(820, 340), size=(440, 520))
     return g.to_json()
+
+
+UNBOX_FLUX_REPO = "antoniomari/SAE_flux_18"  # the sdxl-unbox authors' Flux SAE (double block 18, 12288 features)
+UNBOX_FLUX_BLOCKS = "double.18, single.0-37"  # where their demo adds a feature: block 18 and every single block
+
+
+@register("flux_schnell_unbox_feature")
+def flux_schnell_unbox_feature() -> dict:
+    g = Graph()
+    unet = g.add("UNETLoader", [FLUX_SCHNELL, "default"], pos=(0, 0), size=(320, 90))
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
+                 pos=(0, 130), size=(320, 130))
+    vae = g.add("VAELoader", ["ae.safetensors"], pos=(0, 300), size=(320, 60))
+    sae = g.add("SAELoader", ["none", UNBOX_FLUX_REPO, ""], pos=(0, 400), size=(360, 130),
+                title="The sdxl-unbox Flux SAE (block 18)")
+    pos, neg = prompts(g, (clip, 0), "a cozy cabin by a lake in the mountains, photo", "",
+                       negative_title="Negative (unused at cfg 1)")
+    latent = g.add("EmptySD3LatentImage", [1024, 1024, 1], pos=(380, 310), size=(320, 110))
+    canvas = g.add("SolidMask", [0.0, 1024, 1024], pos=(0, 580), size=(260, 110), title="Canvas (empty)")
+    brush = g.add("SolidMask", [1.0, 512, 1024], pos=(0, 720), size=(260, 110), title="Brush (right half)")
+    area = g.add("MaskComposite", [512, 0, "add"], pos=(300, 620), size=(260, 130), title="Where to paint",
+                 destination=(canvas, 0), source=(brush, 0))
+    steer = g.add("SAEFeatureSteer", ["2000", "add", 10.0, UNBOX_FLUX_BLOCKS, 0.0, 1.0, "positive"],
+                  pos=(820, 0), size=(400, 300), title="Paint feature 2000 at block 18 and every single block",
+                  model=(unet, 0), sae=(sae, 0), mask=(area, 0))
+    record = g.add("SAERecordActivations", ["double.18"], pos=(820, 340), size=(400, 100),
+                   title="Record block 18", model=(steer, 0), sae=(sae, 0))
+    sampler, decode = sample_decode_save(g, (record, 0), pos, neg, latent, (vae, 0), "sae_flux_unbox_feature",
+                                         [42, "fixed", 4, 1.0, "euler", "simple", 1.0], x=1260)
+    top = g.add("SAETopFeatures", [10, -1, "positive", 0], pos=(2040, 0), size=(420, 420),
+                title="What fires at block 18", recording=(record, 1), latent=(sampler, 0))
+    g.add("SaveImage", ["sae_flux_unbox_top"], pos=(2500, 0), size=(420, 330), images=(top, 1))
+    heat = g.add("SAEFeatureHeatmap", ["2000", -1, False, "positive", "jet", 0.6, 3, -1, "nearest"],
+                 pos=(2040, 460), size=(360, 400), title="Where feature 2000 fires",
+                 recording=(record, 1), image=(decode, 0))
+    g.add("SaveImage", ["sae_flux_unbox_heatmap"], pos=(2500, 460), size=(420, 460), images=(heat, 0))
+    g.add("Note", [
+        "The SAE the authors of Unpacking SDXL Turbo trained on Flux (NeurIPS 2025 version): 12288 features of the "
+        "image-stream update of double block 18 (transformer_blocks.18, 3072 wide), k 20. Load SAE downloads it "
+        "from the hub repo alone into models/sae/antoniomari__SAE_flux_18 and reads its block, family and stream "
+        "from the pack's table of published SAEs; its previews show in the SAE Atlas sidebar.\n\n"
+        "SAE Feature Steer paints feature 2000 as the authors' demo does: the feature's direction (times its mean "
+        "activation and the strength) is added to the image tokens of block 18 and of every single block after "
+        "it, double.18, single.0-37, where the mask is (here the right half). Pick other features in the atlas; "
+        "strength 5 to 40, negative to push away. The demo's always-on features are hidden from SAE Top Features "
+        "and the atlas.\n\n"
+        "Files: models/diffusion_models/flux1-schnell.safetensors, models/text_encoders/clip_l.safetensors and "
+        "t5xxl_fp16.safetensors, models/vae/ae.safetensors. Flux dev works too: 20-30 steps, FluxGuidance 3.5."],
+        pos=(820, 480), size=(400, 420))
+    return g.to_json()

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 import comfy_harness
-from checkpoint_writers import write_sparsify, write_unbox
+from checkpoint_writers import FLUX_UNBOX_REPO, write_sparsify, write_unbox
 from devices import ON_CPU
 
 HERE = Path(__file__).resolve().parent
@@ -187,7 +187,12 @@ TINY_DEPTHS = {"flux": {"double": 2, "single": 3}, "sd3": {"double": 2}, "qwen_i
 TINY_DIT_WIDTHS = {"flux": 64, "sd3": 128, "qwen_image": 64}
 # Native SAEs the DiT workflows load from models/sae, by file name: (family, block in the real model)
 DIT_SAES = {"sd35_medium_block12.safetensors": ("sd3", "transformer_blocks.12"),
-            "qwen_image_block30.safetensors": ("qwen_image", "transformer_blocks.30")}
+            "qwen_image_block30.safetensors": ("qwen_image", "transformer_blocks.30"),
+            "antoniomari__SAE_flux_18.safetensors": ("flux", "transformer_blocks.18")}
+# Hub SAEs whose published shape the known-SAE table pins (a tiny stand-in in their download folder is refused as
+# "not the SAE published there"): Load SAE nodes naming them load a tiny native stand-in from DIT_SAES instead.
+# Loading them by the repo alone is tested at full size in test_published_nodes.py.
+PINNED_HUB_SAES = {FLUX_UNBOX_REPO: "antoniomari__SAE_flux_18.safetensors"}
 DIT_SAE_LATENTS = 2048
 # On the tiny models the DiT workflows' image sizes (1024-1328 px) are divided by TINY_SIZE_DIVISOR: a run takes
 # seconds, and the tiny SD3 (pos_embed_max_size 32) takes at most 512 px.
@@ -226,7 +231,18 @@ def tiny_block(name: str, family: str) -> str:
 
 
 def tiny_blocks(text: str, family: str) -> str:
-    return ", ".join(tiny_block(part, family) for part in text.split(",") if part.strip())
+    """A list of real blocks -> the tiny model's; a range (``single.0-37``) maps both of its ends."""
+    mapped = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        m = re.match(r"^(?P<name>.*\.)(?P<first>\d+)-(?P<last>\d+)$", part)
+        if m is None:
+            mapped.append(tiny_block(part, family))
+            continue
+        first, last = (tiny_block(m["name"] + m[end], family) for end in ("first", "last"))
+        mapped.append(f"{first}-{last.rsplit('.', 1)[1]}")
+    return ", ".join(mapped)
 
 
 def tiny_side(pixels: int) -> int:
@@ -290,6 +306,8 @@ def tiny_prompt(workflow_path: Path, object_info: dict) -> dict:
         kind, inputs = node["class_type"], node["inputs"]
         if kind in LOADERS:
             node["class_type"], node["inputs"] = LOADERS[kind], {"family": family}
+        if kind == "SAELoader" and inputs.get("hub_repo") in PINNED_HUB_SAES:
+            node["inputs"] = {"sae_name": PINNED_HUB_SAES[inputs["hub_repo"]], "hub_repo": "", "hub_subfolder": ""}
         if kind in SIZED_ON_EVERY_MODEL:
             for name in ("width", "height"):
                 inputs[name] = tiny_side(inputs[name])

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
+from checkpoint_writers import FLUX_UNBOX_REPO
 from server_harness import DIT_FAMILIES, DIT_SAES, saved_images, tiny_prompt, workflow_family, workflow_server
 
 from sae_core import load_sae
@@ -23,6 +24,7 @@ from sae_core import load_sae
 WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
 DIT_WORKFLOWS = [p for p in WORKFLOWS if workflow_family(p) in DIT_FAMILIES]
 FLUX_BUILD = comfy_harness.REPO / "example_workflows" / "flux_schnell_build_and_steer_sae.json"
+UNBOX_FLUX = comfy_harness.REPO / "example_workflows" / "flux_schnell_unbox_feature.json"
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +67,13 @@ def test_steer_changes_the_image_and_idle_steer_does_not(server):
 
 
 def test_the_dit_workflows_cover_every_family_and_name_real_blocks_and_placed_saes():
-    assert sorted(workflow_family(p) for p in DIT_WORKFLOWS) == sorted(DIT_FAMILIES)
+    assert {workflow_family(p) for p in DIT_WORKFLOWS} == set(DIT_FAMILIES)
     for path in DIT_WORKFLOWS:
         for node in json.loads(path.read_text())["nodes"]:
             if node["type"] == "SAELoader":
-                assert node["widgets_values"][0] in DIT_SAES, f"{path.name}: place its SAE (server_harness.DIT_SAES)"
+                name, repo = node["widgets_values"][:2]
+                assert name in DIT_SAES or repo == FLUX_UNBOX_REPO, \
+                    f"{path.name}: place its SAE (server_harness.DIT_SAES or place_hub_saes)"
     flux = json.loads(FLUX_BUILD.read_text())
     collect = next(n for n in flux["nodes"] if n["type"] == "SAECollectActivations")
     assert collect["widgets_values"][1] == "single.9"  # a block of the real Flux.1 (single.0-37), not the tiny one
@@ -88,6 +92,20 @@ def test_flux_workflow_writes_its_dataset_and_its_sae(server):
     sae = load_sae(server.base / "models" / "sae" / "flux" / "flux_schnell_single9.safetensors")
     assert (sae.model_family, sae.hookpoint, sae.d_in, sae.n_latents) == (
         "flux", "transformer.single_transformer_blocks.0", 64, 2048)
+
+
+def test_the_unbox_flux_workflow_paints_the_demo_blocks_and_shows_what_fires(server):
+    """flux_schnell_unbox_feature: SAE Feature Steer paints at block 18 and every single block after it (on the tiny
+    Flux: double.1 and single.0-2); the recording and its pictures come from block 18 (double.1)."""
+    prompt = tiny_prompt(UNBOX_FLUX, server.object_info)
+    steer = next(v["inputs"] for v in prompt.values() if v["class_type"] == "SAEFeatureSteer")
+    record = next(v["inputs"] for v in prompt.values() if v["class_type"] == "SAERecordActivations")
+    assert (steer["block"], record["block"]) == ("double.1, single.0-2", "double.1")
+    entry = server.run(prompt)
+    saves = {v["inputs"]["filename_prefix"]: k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
+    for name in ("sae_flux_unbox_feature", "sae_flux_unbox_top", "sae_flux_unbox_heatmap"):
+        [image] = saved_images(server, entry, saves[name])
+        assert image.std() > 0, name
 
 
 def _downstream_of(prompt: dict, source: str, node_id: str) -> bool:
