@@ -74,7 +74,7 @@ class SAERecordActivations(SAENode):
             # two recorder nodes with identical inputs (e.g. one per sampler), mixing their runs
             not_idempotent=True,
             description=(
-                "Records which SAE features fire in one U-Net block during the real sampling run: the sparse "
+                "Records which SAE features fire in one transformer block during the real sampling run: the sparse "
                 "code (top-k values and feature ids) of every position, at every step, for the positive and "
                 "negative passes and every image of the batch. The model's output is unchanged. Each new "
                 "sampling run replaces the previous recording. Put it after steer nodes on the same block to "

@@ -1,4 +1,4 @@
-"""SAE Feature Steer: boost, paint, scale, ablate or clamp SAE features in one U-Net block."""
+"""SAE Feature Steer: boost, paint, scale, ablate or clamp SAE features in one transformer block."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -30,7 +30,7 @@ class SAEFeatureSteer(SAENode):
             display_name=NODE,
             category="SAE Lab",
             description=(
-                "Edits SAE features inside one U-Net transformer block during sampling (Unpacking SDXL Turbo). "
+                "Edits SAE features inside one transformer block during sampling (Unpacking SDXL Turbo). "
                 "Only the chosen features' decoded contributions change; the SAE's reconstruction error is "
                 "kept, so nothing else in the block moves. Chain several steer nodes to edit several blocks, "
                 "SAEs or feature sets at once."
