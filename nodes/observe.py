@@ -17,6 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..sae_core.atlas.feature_atlas import atlas_name_for
 from ..sae_core.errors import SAEInputError
+from ..sae_core.frontend import feature_table_ui
 from ..sae_core.observe import analysis
 from ..sae_core.observe import views as feature_views
 from ..sae_core.observe.recording import Recording, RecordPatch
@@ -148,8 +149,7 @@ class SAETopFeatures(SAENode):
         ids = ", ".join(str(f) for f in stats.ids())
         # the table shows on the node; the ids link to the SAE Atlas sidebar when this SAE has an atlas
         atlas = atlas_name_for(getattr(recording, "sae_path", None), folders.roots(folders.SAE_FOLDER)) or ""
-        shown = {"text": (table,), "sae_lab_features": stats.ids(), "sae_lab_atlas": (atlas,)}
-        return io.NodeOutput(table, image_tensor(chart), ids, ui=shown)
+        return io.NodeOutput(table, image_tensor(chart), ids, ui=feature_table_ui(table, stats.ids(), atlas))
 
 
 class SAEFeatureHeatmap(SAENode):

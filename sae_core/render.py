@@ -12,6 +12,9 @@ INK = (20, 20, 20)
 GRID_LINE = (225, 225, 225)
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+# how overlay_heatmap (and the sidebar's heatmaps, through sae_core.frontend) paint a map: colour bins, opacity
+HEATMAP_BINS = 10
+HEATMAP_ALPHA = 0.6
 # jet: dark blue -> blue -> cyan -> yellow -> red -> dark red
 _JET_STOPS = np.array([0.0, 0.125, 0.375, 0.625, 0.875, 1.0])
 _JET_RGB = np.array([[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]], float)
@@ -67,7 +70,7 @@ def upsample_nearest(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     return grid[rows][:, cols]
 
 
-def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, bins: int = 10,
+def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = HEATMAP_ALPHA, bins: int = HEATMAP_BINS,
                     normalized: bool = False, colormap: str = "jet") -> np.ndarray:
     """Composite a block-grid heat map over an image, as the paper's demo does.
 
@@ -179,6 +182,19 @@ def line_chart(series: dict[str, list[float]], title: str = "", x_label: str = "
         draw.text((right - w - 12, legend_y), name, fill=INK, font=fnt)
         legend_y += 18
     return img
+
+
+def caption_style(tile_width: int, labels: list[str], smallest: int = 14) -> dict:
+    """Caption text as large as fits: up to a tenth of the tile's width, shrunk until the longest caption fits the
+    tile (never below ``smallest``), so that a big grid previewed small in a node stays legible."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    room = max(tile_width - 8, 1)
+    reference = 100
+    widest = max([text_size(measure, label, font(reference))[0] for label in labels] + [1])
+    size = max(smallest, min(tile_width // 10, int(reference * room / widest)))
+    while size > smallest and max(text_size(measure, label, font(size))[0] for label in labels) > room:
+        size -= 1
+    return {"font_size": size, "label_height": size + 12}
 
 
 def labelled_grid(images: list[np.ndarray | Image.Image], labels: list[str], columns: int = 3,
