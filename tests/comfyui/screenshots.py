@@ -249,6 +249,40 @@ NODE_TEXT_CHECK = """(nodeId) => {
 }"""
 
 
+CHART_NODES = """() => {
+  const ds = app.canvas.ds;
+  const c = app.canvas.canvas.getBoundingClientRect();
+  const ours = (n) => n && String(n.type).startsWith('SAE');
+  const fed = (n) => (n.inputs || []).some((i) => {
+    const link = i.link != null ? (app.graph.links?.[i.link] ?? app.graph.links?.get?.(i.link)) : null;
+    return link && ours(app.graph.getNodeById(link.origin_id));
+  });
+  return app.graph._nodes.filter((n) => n.type === 'PreviewImage' && fed(n)).map((n) => ({
+    id: n.id, left: (n.pos[0] + ds.offset[0]) * ds.scale + c.left, top: (n.pos[1] + ds.offset[1]) * ds.scale + c.top,
+    width: n.size[0] * ds.scale, height: n.size[1] * ds.scale, scale: ds.scale}));
+}"""
+
+
+def chart_node_problems(page, shot: Path) -> list[str]:
+    """By the pixels of a screenshot: a chart (white) shown by an image node fills the node down to its size caption,
+    with no blank band under it."""
+    picture = np.asarray(Image.open(shot).convert("L"), np.float32)
+    problems = []
+    for node in page.evaluate(CHART_NODES):
+        x0, y0 = int(node["left"]) + 4, int(node["top"])
+        x1, y1 = int(node["left"] + node["width"]) - 4, int(node["top"] + node["height"])
+        if x0 < 0 or y0 < 0 or x1 > picture.shape[1] or y1 > picture.shape[0]:
+            continue  # not entirely on the screen
+        white_rows = np.where((picture[y0:y1, x0:x1] > 235).mean(1) > 0.5)[0]
+        if not len(white_rows):
+            problems.append(f"image node {node['id']} shows no chart")
+            continue
+        blank = (y1 - y0) - white_rows.max()
+        if blank > 40 * node["scale"]:
+            problems.append(f"image node {node['id']} leaves {blank}px blank under its chart")
+    return problems
+
+
 def sidebar_problems(page) -> list[str]:
     return page.evaluate(SIDEBAR_CHECK)
 
@@ -371,6 +405,7 @@ def take(page, server: ComfyServer, out_dir: Path, canvas_workflows=CANVAS_SHOTS
     frame_nodes(page, same_row(page, top[0], ("SAETopFeatures", "PreviewImage", "SAEFeatureHeatmap", "SaveImage")))
     dismiss_toasts(page)
     shot("top_features", [p for node in top for p in node_text_problems(page, node)])
+    shots.problems["top_features"] += chart_node_problems(page, shots.paths["top_features"])
     return shots
 
 
