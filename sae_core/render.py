@@ -184,9 +184,14 @@ def line_chart(series: dict[str, list[float]], title: str = "", x_label: str = "
     return img
 
 
-def caption_style(tile_width: int, labels: list[str], smallest: int = 14) -> dict:
+CAPTION_REFERENCE = "#00000  mean 00.0  peak 00.0"  # a heatmap tile's usual caption at its longest
+
+
+def caption_style(tile_width: int, labels: tuple[str, ...] | list[str] = (CAPTION_REFERENCE,),
+                  smallest: int = 14) -> dict:
     """Caption text as large as fits: up to a tenth of the tile's width, shrunk until the longest caption fits the
-    tile (never below ``smallest``), so that a big grid previewed small in a node stays legible."""
+    tile (never below ``smallest``), so that a big grid previewed small in a node stays legible. By default sized
+    for CAPTION_REFERENCE, so that every grid of one tile size has one layout (a batch's grids stack)."""
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     room = max(tile_width - 8, 1)
     reference = 100

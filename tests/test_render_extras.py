@@ -70,3 +70,14 @@ def test_captions_are_as_large_as_fit_their_tile():
     strip = grid[512:512 + sizes[512] + 12, :512]
     ink = np.where((strip < 100).all(-1).any(0))[0]
     assert ink.max() < 512 - 2 and ink.max() - ink.min() > 0.6 * 512  # wide, and inside its own tile
+
+
+def test_grids_of_one_tile_size_have_one_layout_whatever_their_captions():
+    """A batch's heatmap grids are stacked into one image tensor: their captions must not change their size."""
+    from sae_core.observe import views
+
+    image = np.zeros((256, 256, 3), np.float32)
+    maps = np.random.default_rng(0).random((2, 4, 4))
+    short = views.overlay_grid(image, maps, ["#1  mean 1  peak 2", "#2  mean 1  peak 2"])
+    long = views.overlay_grid(image, maps, ["#51199  mean 1.23e+03  peak 4.56e+03"] * 2)
+    assert short.size == long.size

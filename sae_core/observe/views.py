@@ -48,7 +48,7 @@ def overlay_grid(image: np.ndarray, maps: np.ndarray, labels: list[str], *, colo
                  alpha: float = 0.6, columns: int = 3) -> Image.Image:
     """One overlay per map (F, h, w) on ``image`` (H, W, 3), laid out in a labelled grid."""
     tiles = [render.overlay_heatmap(image, m, alpha=alpha, colormap=colormap) for m in maps]
-    return render.labelled_grid(tiles, labels, columns=columns, **render.caption_style(image.shape[1], labels))
+    return render.labelled_grid(tiles, labels, columns=columns, **render.caption_style(image.shape[1]))
 
 
 def overlay_step_grid(image: np.ndarray, maps: np.ndarray, features: list[int], steps: list[int], *,
@@ -59,7 +59,7 @@ def overlay_step_grid(image: np.ndarray, maps: np.ndarray, features: list[int], 
         for s_i, step in enumerate(steps):
             tiles.append(render.overlay_heatmap(image, maps[s_i, f_i], alpha=alpha, colormap=colormap))
             labels.append(f"#{feature}  step {step}")
-    return render.labelled_grid(tiles, labels, columns=len(steps), **render.caption_style(image.shape[1], labels))
+    return render.labelled_grid(tiles, labels, columns=len(steps), **render.caption_style(image.shape[1]))
 
 
 def top_features_chart(stats: FeatureStats, title: str) -> Image.Image:
