@@ -335,7 +335,7 @@ def same_row(page, node_id, types: tuple[str, ...]) -> list:
 def dismiss_toasts(page) -> None:
     """Close the frontend's notices (missing model files of a workflow, job done): they cover the canvas."""
     for _ in range(10):
-        buttons = page.locator(".p-toast-close-button, .p-toast button[aria-label=Close]")
+        buttons = page.locator(".p-toast-close-button, [data-testid=error-overlay-dismiss]")
         if buttons.count() == 0:
             break
         buttons.first.click(force=True)
@@ -371,8 +371,14 @@ def take(page, server: ComfyServer, out_dir: Path, canvas_workflows=CANVAS_SHOTS
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = Shots()
 
-    def shot(name: str, problems: list[str], clip=None) -> None:
+    def shot(name: str, problems: list[str], sidebar: bool = False) -> None:
+        """The whole window, or the sidebar with the icon bar left of it (the canvas beside it says nothing)."""
         path = out_dir / f"{name}.png"
+        clip = None
+        if sidebar:
+            right = page.evaluate("() => document.querySelector('.sae-lab-panel').getBoundingClientRect().right")
+            size = page.viewport_size
+            clip = {"x": 0, "y": 0, "width": min(int(right) + 4, size["width"]), "height": size["height"]}
         page.screenshot(path=str(path), clip=clip)
         shots.paths[name], shots.problems[name] = path, problems
 
@@ -383,19 +389,19 @@ def take(page, server: ComfyServer, out_dir: Path, canvas_workflows=CANVAS_SHOTS
         shot(f"workflow_{stem}", [])
     open_sidebar(page)
     show_atlas(page, PAPER_ATLAS)
-    shot("atlas_grid", sidebar_problems(page))
+    shot("atlas_grid", sidebar_problems(page), sidebar=True)
     show_atlas(page, PAPER_ATLAS, "stripes")
     page.click(f"[data-testid=sae-feature-{TIGER}]")
     page.wait_for_selector("[data-testid=sae-label-info]")
     settle_images(page)
-    shot("atlas_detail_labels", sidebar_problems(page))
+    shot("atlas_detail_labels", sidebar_problems(page), sidebar=True)
     page.click("text=← All features")
     show_atlas(page, TINY_ATLAS)
-    shot("atlas_grid_runs", sidebar_problems(page))
+    shot("atlas_grid_runs", sidebar_problems(page), sidebar=True)
     page.click(f"[data-testid=sae-feature-{STRIPES}]")
     page.wait_for_selector("canvas.sae-heat")
     page.wait_for_timeout(500)
-    shot("atlas_detail", sidebar_problems(page))
+    shot("atlas_detail", sidebar_problems(page), sidebar=True)
     close_sidebar(page)
 
     run_in_page(page, server, EXPLORE)
@@ -409,19 +415,44 @@ def take(page, server: ComfyServer, out_dir: Path, canvas_workflows=CANVAS_SHOTS
     return shots
 
 
+# screenshot -> the README's picture of it in docs/images/
+README_IMAGES = {"top_features": "browser_top_features.png", "atlas_detail": "browser_atlas_detail.png",
+                 "atlas_detail_labels": "browser_atlas_labels.png",
+                 "workflow_sdxl_turbo_paint_feature": "browser_paint_workflow.png"}
+README_MAX_BYTES = 300_000
+
+
+def save_small(source: Path, target: Path, max_bytes: int = README_MAX_BYTES) -> Path:
+    """A screenshot as a 256-colour PNG (screens have few colours), halved until it is under ``max_bytes``."""
+    picture = Image.open(source).convert("RGB")
+    while True:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp.png")
+        picture.quantize(256, method=Image.Quantize.MEDIANCUT).save(tmp, optimize=True)
+        if tmp.stat().st_size <= max_bytes or picture.width < 400:
+            tmp.replace(target)
+            return target
+        picture = picture.resize((picture.width * 3 // 4, picture.height * 3 // 4), Image.LANCZOS)
+
+
 def main(argv: list[str]) -> int:
+    """screenshots.py OUT_DIR: every screenshot into OUT_DIR; with --readme, also the README's pictures there."""
     import tempfile
 
     from playwright.sync_api import sync_playwright
 
+    readme = "--readme" in argv
+    argv = [a for a in argv if a != "--readme"]
     out = Path(argv[0]) if argv else Path("screenshots")
     with tempfile.TemporaryDirectory(prefix="sae_lab_shots_") as base, scene_server(Path(base)) as server, \
             sync_playwright() as p:
         browser, page = open_page(p, server.url)
-        shots = take(page, server, out)
+        shots = take(page, server, Path(base) / "shots" if readme else out)
         browser.close()
-    for name, path in shots.paths.items():
-        print(f"{path}  {'; '.join(shots.problems[name]) or 'ok'}")
+        for name, path in shots.paths.items():
+            print(f"{path}  {'; '.join(shots.problems[name]) or 'ok'}")
+            if readme and name in README_IMAGES:
+                print("  ->", save_small(path, out / README_IMAGES[name]))
     print("pack problems:", page.watch.problems or "none")
     return 1 if page.watch.problems or any(shots.problems.values()) else 0
 

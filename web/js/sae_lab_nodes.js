@@ -112,7 +112,22 @@ function fitTextWidgets(node) {
     const base = widget.sae_lab_tooltip ?? (widget.sae_lab_tooltip = widget.tooltip ?? widget.options?.tooltip ?? "");
     widget.tooltip = `${label}: ${value}${base ? `\n\n${base}` : ""}`;
   }
-  if (needed > node.size[0]) node.setSize([Math.min(needed, MAX_NODE_WIDTH), node.size[1]]);
+  if (needed > node.size[0]) node.setSize([Math.min(needed, MAX_NODE_WIDTH, roomToTheRight(node)), node.size[1]]);
+}
+
+// How wide a node may grow without covering a neighbour on its right (the user's layout stays readable).
+function roomToTheRight(node) {
+  const [x, y] = node.pos;
+  const bottom = y + node.size[1];
+  let room = MAX_NODE_WIDTH;
+  for (const other of app.graph?._nodes ?? []) {
+    if (other === node || other.pos[0] < x + node.size[0] - 1) continue;
+    const title = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+    if (other.pos[1] - title < bottom && other.pos[1] + other.size[1] > y - title) {
+      room = Math.min(room, other.pos[0] - x - 10);
+    }
+  }
+  return Math.max(room, node.size[0]);
 }
 
 function isOurs(nodeData) {
