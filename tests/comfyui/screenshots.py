@@ -209,6 +209,17 @@ SIDEBAR_CHECK = """() => {
         && textWidth(el, el.placeholder) > el.clientWidth - pad(style) - 24)
       problems.push(`input placeholder "${el.placeholder}" is cut`);
   }
+  // the pictures of the cards of one grid row line up: same top, same size (an image or a placeholder)
+  const rows = new Map();
+  for (const card of panel.querySelectorAll('.sae-card')) {
+    const key = Math.round(card.getBoundingClientRect().top);
+    rows.set(key, [...(rows.get(key) || []), card.firstElementChild.getBoundingClientRect()]);
+  }
+  for (const [top, pictures] of rows) {
+    const spread = (f) => Math.max(...pictures.map(f)) - Math.min(...pictures.map(f));
+    if (spread((r) => r.top) > 1 || spread((r) => r.height) > 1 || spread((r) => r.bottom) > 1)
+      problems.push(`the card pictures of the grid row at ${top}px do not line up`);
+  }
   const shown = panel.innerText;
   const bad = shown.match(/\\b(null|undefined|NaN)\\b|\\[object /);
   if (bad) problems.push(`the panel shows "${bad[0]}": ${shown.slice(Math.max(0, bad.index - 60), bad.index + 20)}`);
