@@ -9,6 +9,7 @@ from ..sae_core.atlas.feature_atlas import atlas_name_for, resolve_atlas_name
 from ..sae_core.atlas.label_import import atlas_labels
 from ..sae_core.blocks.names import short_code
 from ..sae_core.errors import SAEInputError
+from ..sae_core.frontend import feature_table_ui
 from ..sae_core.observe.contrast import DIRECTIONS, contrast_chart, contrast_features, contrast_table, ids_text
 from ..sae_core.validate import check_choice, check_number, check_text, shown
 from . import folders
@@ -81,7 +82,7 @@ class SAEFindFeatures(SAENode):
         title = f"concept '{concept.name}' at {short_code(concept.block)}: features of the {direction} prompts"
         table = contrast_table(found, title)
         ids = ids_text(found)
-        ui = {"text": (table,), "sae_lab_features": [f.feature for f in found], "sae_lab_atlas": (atlas,)}
+        ui = feature_table_ui(table, [f.feature for f in found], atlas)
         return io.NodeOutput(ids, table, image_tensor(contrast_chart(found, title)), ui=ui)
 
     @classmethod
@@ -96,7 +97,7 @@ class SAEFindFeatures(SAENode):
                                 f"try other words (labels are matched word by word)")
         title = f"features labelled like {shown(query)}"
         table = label_search.matches_table(found, title)
-        ui = {"text": (table,), "sae_lab_features": [m.feature for m in found], "sae_lab_atlas": (atlas,)}
+        ui = feature_table_ui(table, [m.feature for m in found], atlas)
         return io.NodeOutput(label_search.ids_text(found), table,
                              image_tensor(label_search.matches_chart(found, title)), ui=ui)
 

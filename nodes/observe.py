@@ -17,6 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..sae_core.atlas.feature_atlas import atlas_name_for
 from ..sae_core.errors import SAEInputError
+from ..sae_core.frontend import feature_table_ui
 from ..sae_core.observe import analysis, pictures
 from ..sae_core.observe.recording import Recording, RecordPatch
 from ..sae_core.render import COLORMAPS
@@ -73,7 +74,7 @@ class SAERecordActivations(SAENode):
             # two recorder nodes with identical inputs (e.g. one per sampler), mixing their runs
             not_idempotent=True,
             description=(
-                "Records which SAE features fire in one U-Net block during the real sampling run: the sparse "
+                "Records which SAE features fire in one transformer block during the real sampling run: the sparse "
                 "code (top-k values and feature ids) of every position, at every step, for the positive and "
                 "negative passes and every image of the batch. The model's output is unchanged. Each new "
                 "sampling run replaces the previous recording. Put it after steer nodes on the same block to "
@@ -147,8 +148,7 @@ class SAETopFeatures(SAENode):
         ids = ", ".join(str(f) for f in stats.ids())
         # the table shows on the node; the ids link to the SAE Atlas sidebar when this SAE has an atlas
         atlas = atlas_name_for(getattr(recording, "sae_path", None), folders.roots(folders.SAE_FOLDER)) or ""
-        shown = {"text": (table,), "sae_lab_features": stats.ids(), "sae_lab_atlas": (atlas,)}
-        return io.NodeOutput(table, image_tensor(chart), ids, ui=shown)
+        return io.NodeOutput(table, image_tensor(chart), ids, ui=feature_table_ui(table, stats.ids(), atlas))
 
 
 class SAEFeatureHeatmap(SAENode):

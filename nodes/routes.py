@@ -9,10 +9,10 @@ from aiohttp import web
 from ..sae_core.atlas.previews import PreviewUnavailable
 from ..sae_core.atlas.service import MAX_LABEL_BODY, AtlasService
 from ..sae_core.errors import SAEError
+from ..sae_core.frontend import ATLAS_ROUTES, POST_ROUTES, PREVIEW_MISSING_PARAM
 from . import folders
 
 log = logging.getLogger("sae_lab")
-PREFIX = "/sae_lab/atlas"
 service = AtlasService(lambda: folders.roots(folders.SAE_FOLDER))
 
 
@@ -49,9 +49,16 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
 
 
 async def preview(request: web.Request) -> web.StreamResponse:
-    """A feature's published picture (downloaded on first view, in a worker thread: it may wait on the hub)."""
+    """A feature's published picture (downloaded on first view, in a worker thread: it may wait on the hub). The
+    sidebar asks with missing=empty: a picture that is not there is then an empty 204, which browsers do not log
+    as an error (a grid of not-yet-downloaded previews is an expected state); without it, a 404 that says why."""
     try:
         return web.FileResponse(await asyncio.to_thread(service.preview, dict(request.query)))
+    except PreviewUnavailable as exc:
+        key, value = PREVIEW_MISSING_PARAM
+        if request.query.get(key) == value:
+            return web.Response(status=204, headers={"X-SAE-Lab-Preview": folders.scrub_paths(str(exc))[:300]})
+        return _error(exc)
     except SAEError as exc:
         return _error(exc)
 
@@ -82,13 +89,9 @@ def register_routes() -> bool:
     instance = getattr(PromptServer, "instance", None)
     if instance is None:
         return False
-    routes = instance.routes
-    routes.get(f"{PREFIX}/list")(atlases)
-    routes.get(f"{PREFIX}/features")(features)
-    routes.get(f"{PREFIX}/feature")(feature)
-    routes.get(f"{PREFIX}/thumbnail")(thumbnail)
-    routes.get(f"{PREFIX}/preview")(preview)
-    routes.get(f"{PREFIX}/labels")(labels)
-    routes.post(f"{PREFIX}/label")(label)
+    handlers = {"list": atlases, "features": features, "feature": feature, "thumbnail": thumbnail,
+                "preview": preview, "labels": labels, "label": label}
+    for name, path in ATLAS_ROUTES.items():
+        (instance.routes.post if name in POST_ROUTES else instance.routes.get)(path)(handlers[name])
     return True
 

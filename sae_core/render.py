@@ -12,6 +12,9 @@ INK = (20, 20, 20)
 GRID_LINE = (225, 225, 225)
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+# how overlay_heatmap (and the sidebar's heatmaps, through sae_core.frontend) paint a map: colour bins, opacity
+HEATMAP_BINS = 10
+HEATMAP_ALPHA = 0.6
 # jet: dark blue -> blue -> cyan -> yellow -> red -> dark red
 _JET_STOPS = np.array([0.0, 0.125, 0.375, 0.625, 0.875, 1.0])
 _JET_RGB = np.array([[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]], float)
@@ -53,21 +56,17 @@ def as_uint8_image(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def upsample_bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize (pixel centres aligned, as PIL and torch's align_corners=False) of a (h, w) map."""
-    grid = np.asarray(grid, dtype=np.float32)
-    return np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR), dtype=np.float32)
+UPSAMPLE_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 
 
-def upsample_nearest(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of a (h, w) map to (height, width); any aspect ratio."""
-    grid = np.asarray(grid)
-    rows = np.minimum((np.arange(height) * grid.shape[0]) // height, grid.shape[0] - 1)
-    cols = np.minimum((np.arange(width) * grid.shape[1]) // width, grid.shape[1] - 1)
-    return grid[rows][:, cols]
+def upsample(grid: np.ndarray, height: int, width: int, mode: str = "nearest") -> np.ndarray:
+    """A (h, w) map resized to (height, width) by PIL (pixel centres aligned, as torch's align_corners=False):
+    ``nearest`` keeps the grid's cells as blocks, ``bilinear`` smooths them; any aspect ratio."""
+    resized = Image.fromarray(np.asarray(grid, dtype=np.float32)).resize((width, height), UPSAMPLE_FILTERS[mode])
+    return np.asarray(resized, dtype=np.float32)
 
 
-def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, bins: int = 10,
+def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = HEATMAP_ALPHA, bins: int = HEATMAP_BINS,
                     normalized: bool = False, colormap: str = "jet") -> np.ndarray:
     """Composite a block-grid heat map over an image, as the paper's demo does.
 
@@ -78,7 +77,7 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, bin
     height, width = base.shape[:2]
     values = np.asarray(heat, dtype=np.float64)
     values = values if normalized else normalize(values)
-    values = upsample_nearest(values, height, width)
+    values = upsample(values, height, width)
     quantised = np.minimum(np.floor(values * bins), bins - 1)
     colours = heat_colors((quantised + 0.5) / bins, colormap).astype(np.float64)
     visible = (quantised > 0)[..., None]
@@ -179,6 +178,24 @@ def line_chart(series: dict[str, list[float]], title: str = "", x_label: str = "
         draw.text((right - w - 12, legend_y), name, fill=INK, font=fnt)
         legend_y += 18
     return img
+
+
+CAPTION_REFERENCE = "#00000  mean 00.0  peak 00.0"  # a heatmap tile's usual caption at its longest
+
+
+def caption_style(tile_width: int, labels: tuple[str, ...] | list[str] = (CAPTION_REFERENCE,),
+                  smallest: int = 14) -> dict:
+    """Caption text as large as fits: up to a tenth of the tile's width, shrunk until the longest caption fits the
+    tile (never below ``smallest``), so that a big grid previewed small in a node stays legible. By default sized
+    for CAPTION_REFERENCE, so that every grid of one tile size has one layout (a batch's grids stack)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    room = max(tile_width - 8, 1)
+    reference = 100
+    widest = max([text_size(measure, label, font(reference))[0] for label in labels] + [1])
+    size = max(smallest, min(tile_width // 10, int(reference * room / widest)))
+    while size > smallest and max(text_size(measure, label, font(size))[0] for label in labels) > room:
+        size -= 1
+    return {"font_size": size, "label_height": size + 12}
 
 
 def labelled_grid(images: list[np.ndarray | Image.Image], labels: list[str], columns: int = 3,

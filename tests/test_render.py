@@ -34,7 +34,7 @@ def test_overlay_of_a_constant_map_changes_nothing():
 
 def test_upsample_nearest_keeps_blocks():
     grid = np.array([[1, 2], [3, 4]])
-    up = render.upsample_nearest(grid, 4, 6)
+    up = render.upsample(grid, 4, 6)
     assert up.shape == (4, 6)
     assert (up[:2, :3] == 1).all() and (up[2:, 3:] == 4).all()
 

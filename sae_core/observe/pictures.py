@@ -14,14 +14,12 @@ from ..tables import text_table
 from ..validate import check_choice
 from .analysis import FeatureStats
 
-UPSCALE_MODES = ("nearest", "bilinear")
+UPSCALE_MODES = tuple(render.UPSAMPLE_FILTERS)
 
 
 def upsample(grid_map: np.ndarray, height: int, width: int, mode: str = "nearest") -> np.ndarray:
     check_choice("upscale", mode, UPSCALE_MODES)
-    if mode == "nearest":
-        return render.upsample_nearest(np.asarray(grid_map, np.float32), height, width)
-    return render.upsample_bilinear(grid_map, height, width)
+    return render.upsample(grid_map, height, width, mode)
 
 
 def feature_mask(grid_map: np.ndarray, height: int, width: int, mode: str = "nearest") -> np.ndarray:
@@ -40,7 +38,7 @@ def overlay_grid(image: np.ndarray, maps: np.ndarray, labels: list[str], *, colo
                  alpha: float = 0.6, columns: int = 3) -> Image.Image:
     """One overlay per map (F, h, w) on ``image`` (H, W, 3), laid out in a labelled grid."""
     tiles = [render.overlay_heatmap(image, m, alpha=alpha, colormap=colormap) for m in maps]
-    return render.labelled_grid(tiles, labels, columns=columns, **_caption(image))
+    return render.labelled_grid(tiles, labels, columns=columns, **render.caption_style(image.shape[1]))
 
 
 def overlay_step_grid(image: np.ndarray, maps: np.ndarray, features: list[int], steps: list[int], *,
@@ -51,13 +49,7 @@ def overlay_step_grid(image: np.ndarray, maps: np.ndarray, features: list[int], 
         for s_i, step in enumerate(steps):
             tiles.append(render.overlay_heatmap(image, maps[s_i, f_i], alpha=alpha, colormap=colormap))
             labels.append(f"#{feature}  step {step}")
-    return render.labelled_grid(tiles, labels, columns=len(steps), **_caption(image))
-
-
-def _caption(image: np.ndarray) -> dict:
-    """Captions scale with the tile so they stay legible when a big grid is previewed small (14..40 px)."""
-    size = int(np.clip(image.shape[1] // 24, 14, 40))
-    return {"font_size": size, "label_height": size + 12}
+    return render.labelled_grid(tiles, labels, columns=len(steps), **render.caption_style(image.shape[1]))
 
 
 def top_features_chart(stats: FeatureStats, title: str) -> Image.Image:

@@ -6,89 +6,76 @@ Needs COMFYUI_PATH, the Debian chromium package (/usr/bin/chromium) and the play
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
-import torch
+from PIL import Image
 
 import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
-from server_harness import ComfyServer
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright to run the browser test")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no chromium executable (apt-get install chromium) for the browser test", allow_module_level=True)
 
-from checkpoint_writers import write_unbox  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from sae_core import SparseCode, load_sae  # noqa: E402
-from sae_core.atlas.feature_atlas import Example, FeatureAtlas  # noqa: E402
-from sae_core.atlas.label_import import import_label_file  # noqa: E402
+import screenshots  # noqa: E402
+from screenshots import (CARTOON, EVIL, PAPER_ATLAS, PREVIEW_COLORS, STRIPES, TIGER, TINY_ATLAS,  # noqa: E402
+                         open_page, scene_server)
 
 WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
-STRIPES, FUR = 5, 11
-
-
-def build_atlas(folder) -> None:
-    """A small atlas whose feature 5 fires on the left half of every example, with coloured thumbnails."""
-    atlas = FeatureAtlas(32, top_n=3, meta={"name": "tiny", "hookpoint": "unet.down_blocks.2.attentions.1"})
-    for i in range(6):
-        values = torch.zeros(4, 4, 2)
-        indices = torch.full((4, 4, 2), FUR)
-        values[:, :2, 0], indices[..., 0] = 3.0 + i, STRIPES
-        values[..., 1] = 0.5
-        thumb = np.zeros((64, 64, 3), np.uint8)
-        thumb[..., i % 3] = 200
-        atlas.add(Example(SparseCode(values, indices), prompt=f"a tiger, photo {i}", seed=i, thumbnail=thumb))
-    atlas.set_label(STRIPES, "tiger stripes")
-    atlas.save(folder)
+NODE_IDS = sorted(p.parent.name for p in (comfy_harness.REPO / "web" / "docs").glob("*/en.md"))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("browser_base")
-    build_atlas(base / "models" / "sae" / "tiny.atlas")
-    with ComfyServer(base, env={"HF_HUB_OFFLINE": "1"}) as running:  # previews come from the cache only
+    with scene_server(tmp_path_factory.mktemp("browser_base")) as running:  # offline: previews from the cache only
         yield running
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser_session():
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        errors: list[str] = []
-        # the stock frontend logs its own errors on a fresh profile; keep the ones raised in this pack's script
-        page.on("pageerror", lambda exc: errors.append(f"{exc}\n{exc.stack}") if "/extensions/sae-lab/" in (
-            exc.stack or "") else None)
-        page.goto(server.url)
-        page.wait_for_function("() => window.app && window.app.graph && window.SAELab", timeout=120_000)
-        # a fresh user gets a welcome/templates dialog; close it like a person would. Found by role (frontend
-        # 1.49+) or by PrimeVue's mask (older frontends)
-        dialogs = page.locator("[role=dialog], .p-dialog-mask")
-        for _ in range(20):
-            page.wait_for_timeout(500)
-            if dialogs.count() == 0:
-                break
-            page.keyboard.press("Escape")
-        page.errors = errors
-        yield page
-        browser.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def page(server, browser_session):
+    browser, page = open_page(browser_session, server.url)
+    yield page
+    browser.close()
 
 
 def test_routes_answer_over_http(server):
     atlases = server.get("/sae_lab/atlas/list")["atlases"]
-    assert [a["name"] for a in atlases] == ["tiny.atlas"]
+    assert sorted(a["name"] for a in atlases) == sorted([TINY_ATLAS, PAPER_ATLAS])
     detail = server.get(f"/sae_lab/atlas/feature?atlas=tiny.atlas&id={STRIPES}")
     assert detail["label"] == "tiger stripes" and len(detail["examples"]) == 3
     status, answer = server.post("/sae_lab/atlas/label", {"atlas": "../../etc.atlas", "id": 1, "label": "x"})
     assert status in (400, 404) and "error" in answer
     status, answer = server.post("/sae_lab/atlas/label", {"atlas": "tiny.atlas", "id": 1, "label": "x" * 5000})
     assert status == 413
+    # a preview not downloaded yet (offline): a 404 that says why, or for the sidebar (missing=empty) an empty 204
+    # that the browser does not log as an error; a cached one is served either way
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    def fetch(feature: int, **extra) -> tuple[int, bytes]:
+        query = urllib.parse.urlencode({"atlas": PAPER_ATLAS, "id": feature, **extra})
+        try:
+            with urllib.request.urlopen(f"{server.url}/sae_lab/atlas/preview?{query}", timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    status, body = fetch(EVIL)
+    assert status == 404 and b"offline" in body
+    assert fetch(EVIL, missing="empty") == (204, b"")
+    status, body = fetch(CARTOON, missing="empty")
+    assert status == 200 and body[:2] == b"\xff\xd8"  # the cached JPEG
+    assert fetch(10**6, missing="empty")[0] == 400  # a bad id is still refused
 
 
 def test_browse_search_label_and_use_a_feature(server, page, tmp_path):
@@ -99,8 +86,11 @@ def test_browse_search_label_and_use_a_feature(server, page, tmp_path):
         return node.id;
     }""")
     page.click(".sae-lab-atlas-tab-button")
-    page.wait_for_selector(f"[data-testid=sae-feature-{STRIPES}]", timeout=30_000)
+    screenshots.show_atlas(page, TINY_ATLAS)
     assert page.locator("[data-testid^=sae-feature-]").count() == 2  # features 5 and 11 fired
+    # an atlas with runs: every card says how often its feature fires, labelled or not
+    rates = page.locator(".sae-card-rate").all_text_contents()
+    assert len(rates) == 2 and all(re.fullmatch(r"\d+\.\d\d%", r) for r in rates), rates
 
     page.fill("[data-testid=sae-atlas-search]", "stripes")
     page.wait_for_function("() => document.querySelectorAll('[data-testid^=sae-feature-]').length === 1")
@@ -129,7 +119,7 @@ def test_browse_search_label_and_use_a_feature(server, page, tmp_path):
     page.screenshot(path=str(tmp_path / "atlas_panel.png"))
     shot = tmp_path / "atlas_panel.png"
     assert shot.stat().st_size > 10_000
-    assert page.errors == []
+    assert page.watch.problems == []
 
 
 def test_use_without_a_selected_steer_node_says_what_to_do(page):
@@ -156,31 +146,6 @@ def test_top_features_show_their_table_and_link_into_the_atlas(page):
     assert node_id is not None
 
 
-PAPER_RUN = "unet.down_blocks.2.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001/final"
-PAPER_ATLAS = f"surokpro2__sdxl-saes/{PAPER_RUN}.atlas"
-CARTOON, TIGER, EVIL = 4998, 4977, 2301
-PREVIEW_COLORS = {CARTOON: (230, 40, 200), TIGER: (40, 200, 60)}  # downloaded already; EVIL is not
-
-
-def paper_sae_with_labels_and_previews(models):
-    """The paper's down.2.1 SAE where Load SAE puts it, labels imported from a public-style JSON file, and two of its
-    published previews already in the cache beside it (the server runs offline)."""
-    repo = models / "sae" / "surokpro2__sdxl-saes"
-    write_unbox(repo, hook="unet.down_blocks.2.attentions.1", d=16, n=5120, k=4)
-    rows = [{"id": CARTOON, "label": "cartoon", "category": "composition", "confidence": "high", "meanActivation": 3.1},
-            {"id": TIGER, "label": "tiger stripes", "category": "object", "confidence": "medium"},
-            {"id": EVIL, "label": "evil face", "category": "mood", "confidence": "low"}]
-    rows += [{"id": f, "label": f"office supplies {f}", "category": "object", "confidence": "high"}
-             for f in range(0, 5120, 97)]
-    labels = models.parent / "down.2.1.json"
-    labels.write_text(json.dumps(rows))
-    import_label_file(repo / f"{PAPER_RUN}.atlas", load_sae(repo / PAPER_RUN), labels)
-    for feature, color in PREVIEW_COLORS.items():
-        target = repo / f"{PAPER_RUN}.atlas" / "previews" / "down.2.1" / f"{feature}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (96, 96), color).save(target, quality=95)
-
-
 def _image_center(page, selector):
     page.wait_for_function(f"() => document.querySelector('{selector}')?.complete && "
                            f"document.querySelector('{selector}').naturalWidth > 0", timeout=30_000)
@@ -195,7 +160,6 @@ def _image_center(page, selector):
 
 
 def test_imported_labels_and_cached_previews_show_in_the_sidebar(server, page):
-    paper_sae_with_labels_and_previews(server.base / "models")
     names = [a["name"] for a in server.get("/sae_lab/atlas/list")["atlases"]]
     assert PAPER_ATLAS in names
     # open the sidebar afresh (it lists the atlases when it opens) and pick the paper SAE's atlas
@@ -206,10 +170,13 @@ def test_imported_labels_and_cached_previews_show_in_the_sidebar(server, page):
     page.wait_for_selector(f"[data-testid=sae-atlas-select] option[value='{PAPER_ATLAS}']", state="attached")
     page.fill("[data-testid=sae-atlas-search]", "")  # an earlier search stays applied when the panel reopens
     page.select_option("[data-testid=sae-atlas-select]", PAPER_ATLAS)
-    page.wait_for_function("() => document.querySelector('.sae-lab-panel .sae-stats')?.textContent"
+    page.wait_for_function("() => document.querySelector('[data-testid=sae-atlas-stats]')?.textContent"
                            ".startsWith('5120 features')")  # every feature has a published preview
-    stats = page.locator(".sae-lab-panel .sae-stats").first.text_content()
+    stats = page.locator("[data-testid=sae-atlas-stats]").text_content()
     assert f"{3 + len(range(0, 5120, 97))} labelled" in stats and "surokpro2/sdxl_sae_images" in stats
+    # no run recorded in this atlas: the cards say so instead of "0.00%"
+    page.wait_for_selector(".sae-card-rate")
+    assert "no runs yet" in page.locator(".sae-card-rate").first.text_content()
     cards = ".sae-grid [data-testid^=sae-feature-]"
     page.wait_for_function(f"() => document.querySelectorAll('{cards}').length > 0")
     first_page = page.locator(cards).count()
@@ -250,7 +217,7 @@ def test_imported_labels_and_cached_previews_show_in_the_sidebar(server, page):
     assert detail["label"] == "orange stripes" and detail["label_info"]["imported"]["text"] == "tiger stripes"
     exported = json.loads(urlopen_text(server, f"/sae_lab/atlas/labels?atlas={PAPER_ATLAS}&format=json"))
     assert {r["id"]: r["label"] for r in exported}[TIGER] == "orange stripes"
-    assert page.errors == []
+    assert page.watch.problems == []
 
 
 def urlopen_text(server, path: str) -> str:
@@ -276,3 +243,62 @@ def test_example_workflow_loads_in_the_frontend_with_every_widget_in_place(page,
         assert shown["known"], f"{node['type']} is not a registered node type"
         if node.get("widgets_values") is not None and node["type"] not in ("Note", "MarkdownNote"):
             assert shown["values"] == node["widgets_values"], f"{workflow.name}: {node['type']} widgets"
+
+
+def test_the_watch_reports_errors_and_404s_from_this_pack(page):
+    """The console watch every browser test ends on can fail: a request of this pack that 404s is reported."""
+    page.evaluate("() => fetch('/sae_lab/atlas/feature?atlas=no_such.atlas&id=1')")
+    page.wait_for_timeout(500)
+    found = [p for p in page.watch.problems if "no_such.atlas" in p]
+    assert found and "404" in found[0], page.watch.problems
+    page.watch.problems.clear()
+
+
+def test_help_pages_are_where_the_frontend_asks_first(page):
+    """Both frontends ask for /extensions/<pack>/docs/<NodeId>/<locale>.md before the flat fallback."""
+    pack = page.evaluate("() => LiteGraph.registered_node_types.SAELoader.nodeData?.python_module ?? ''")
+    folder = pack.split(".")[1].split("@")[0] if pack.startswith("custom_nodes.") else "sae-lab"
+    answers = page.evaluate("""async ([folder, ids]) => Promise.all(ids.map(async (id) => {
+        const r = await fetch(`/extensions/${folder}/docs/${id}/en.md`);
+        return [id, r.status, r.headers.get('content-type') || '', (await r.text()).slice(0, 2)];
+    }))""", [folder, NODE_IDS])
+    assert len(answers) >= 15
+    for node_id, status, kind, start in answers:
+        assert status == 200 and "text/html" not in kind and start == "# ", (node_id, status, kind)
+    assert page.watch.problems == []
+
+
+def test_long_text_values_widen_the_node_and_show_in_the_tooltip(page):
+    """Load SAE's hub subfolders are long: the node is wide enough for name and value, the tooltip has the value."""
+    screenshots.load_workflow(page, screenshots.EXPLORE)
+    loaders = page.evaluate("""() => app.graph._nodes.filter((n) => n.type === 'SAELoader').map((n) => {
+        const w = n.widgets.find((w) => w.name === 'hub_subfolder');
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = '12px Arial';
+        return {width: n.size[0], needed: ctx.measureText(`hub_subfolder ${w.value}`).width, value: w.value,
+                tooltip: w.tooltip || ''};
+    })""")
+    assert len(loaders) == 2
+    for loader in loaders:
+        assert loader["value"] and loader["value"] in loader["tooltip"]
+        assert loader["width"] >= loader["needed"] + 40, loader
+
+
+def test_screenshots_at_small_size_pass_the_pixel_and_dom_checks(server, browser_session, tmp_path):
+    """The screenshot script on a small window: every shot made, the sidebar's text in its boxes with no "null",
+    every row of Top Features' table visible after a tiny run, the charts without blank bands, and no console error
+    or 404 from this pack."""
+    browser, small = open_page(browser_session, server.url, viewport=(1024, 720))
+    try:
+        shots = screenshots.take(small, server, tmp_path, canvas_workflows=("sdxl_turbo_explore",))
+    finally:
+        browser.close()
+    assert set(shots.paths) >= {"workflow_sdxl_turbo_explore", "atlas_grid", "atlas_detail", "atlas_detail_labels",
+                                "top_features"}
+    assert {name: p for name, p in shots.problems.items() if p} == {}
+    for name, path in shots.paths.items():
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        assert pixels.shape[0] == 720 and pixels.std() > 10, name  # not a blank page
+    small_png = screenshots.save_small(shots.paths["top_features"], tmp_path / "readme.png", max_bytes=150_000)
+    assert small_png.stat().st_size <= 150_000
+    assert small.watch.problems == []

@@ -4,10 +4,11 @@
 // imported one), export the labels, and send the feature to the selected "SAE Feature Steer" node.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { SHARED } from "./sae_lab_shared.js";
 
-const TAB_ID = "sae-lab-atlas";
-const ROUTE = "/sae_lab/atlas";
-const STEER_NODE = "SAEFeatureSteer";
+const TAB_ID = SHARED.sidebarTab;
+const ROUTES = SHARED.routes;
+const STEER_NODE = SHARED.steerNode;
 const PAGE = 120;
 const state = { atlas: "", query: "", sort: "firing_rate", detail: null, root: null, message: "", shown: 0, seq: 0 };
 
@@ -18,30 +19,36 @@ function h(tag, attrs = {}, ...children) {
     else if (key === "testid") node.dataset.testid = value;
     else if (value !== undefined && value !== null) node.setAttribute(key, value);
   }
+  fill(node, children);
+  return node;
+}
+
+// Appends children, skipping null/undefined (DOM's append would show them as the text "null").
+function fill(node, children) {
   for (const child of children.flat()) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
-  return node;
 }
 
 async function getJSON(path, params = {}) {
-  const response = await api.fetchApi(`${ROUTE}/${path}?${new URLSearchParams(params)}`);
+  const response = await api.fetchApi(`${ROUTES[path]}?${new URLSearchParams(params)}`);
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || response.statusText);
   return data;
 }
 
 function thumbnailUrl(generation) {
-  return api.apiURL(`${ROUTE}/thumbnail?${new URLSearchParams({ atlas: state.atlas, gen: generation })}`);
+  return api.apiURL(`${ROUTES.thumbnail}?${new URLSearchParams({ atlas: state.atlas, gen: generation })}`);
 }
 
 function previewUrl(id) {
-  return api.apiURL(`${ROUTE}/preview?${new URLSearchParams({ atlas: state.atlas, id })}`);
+  // a picture that is not there answers an empty 204, not a 404 the browser would log as an error
+  return api.apiURL(`${ROUTES.preview}?${new URLSearchParams({ atlas: state.atlas, id, ...SHARED.previewMissing })}`);
 }
 
 function exportUrl(format) {
-  return api.apiURL(`${ROUTE}/labels?${new URLSearchParams({ atlas: state.atlas, format })}`);
+  return api.apiURL(`${ROUTES.labels}?${new URLSearchParams({ atlas: state.atlas, format })}`);
 }
 
 // A feature's published picture (downloaded by the server on first view); a placeholder saying why when there is
@@ -57,17 +64,8 @@ function previewImage(id, preview, large = false) {
   return img;
 }
 
-// The same colouring as sae_core.render.overlay_heatmap: jet colours, 10 bins, lowest bin transparent.
-const JET = [[0, [0, 0, 128]], [0.125, [0, 0, 255]], [0.375, [0, 255, 255]], [0.625, [255, 255, 0]],
-             [0.875, [255, 0, 0]], [1, [128, 0, 0]]];
-function jet(v) {
-  for (let i = 1; i < JET.length; i++) {
-    const [x1, c1] = JET[i];
-    const [x0, c0] = JET[i - 1];
-    if (v <= x1) return c0.map((c, k) => Math.round(c + ((c1[k] - c) * (v - x0)) / (x1 - x0)));
-  }
-  return JET[JET.length - 1][1];
-}
+// The colouring of sae_core.render.overlay_heatmap, from the shared file: one colour per bin, lowest bin transparent.
+const { bins: BINS, alpha: ALPHA, colors: BIN_COLORS } = SHARED.heatmap;
 
 function heatmapCanvas(example, size = 160) {
   const [gh, gw] = example.grid;
@@ -81,10 +79,10 @@ function heatmapCanvas(example, size = 160) {
     for (let r = 0; r < gh; r++) {
       for (let c = 0; c < gw; c++) {
         const v = hi > lo ? (example.map[r][c] - lo) / (hi - lo) : 0;
-        const bin = Math.min(Math.floor(v * 10), 9);
+        const bin = Math.min(Math.floor(v * BINS), BINS - 1);
         if (bin === 0) continue;
-        const [R, G, B] = jet((bin + 0.5) / 10);
-        ctx.fillStyle = `rgba(${R},${G},${B},0.6)`;
+        const [R, G, B] = BIN_COLORS[bin];
+        ctx.fillStyle = `rgba(${R},${G},${B},${ALPHA})`;
         ctx.fillRect(c * scale, r * scale, Math.ceil(scale), Math.ceil(scale));
       }
     }
@@ -124,6 +122,12 @@ function useFeature(id) {
   setMessage(`Feature ${id} set on ${nodes.length} SAE Feature Steer node${nodes.length > 1 ? "s" : ""}.`);
 }
 
+// Replaces an element's children (null/undefined skipped).
+function show(parent, ...children) {
+  parent.replaceChildren();
+  fill(parent, children);
+}
+
 function setMessage(text) {
   state.message = text;
   const box = state.root?.querySelector(".sae-message");
@@ -131,7 +135,7 @@ function setMessage(text) {
 }
 
 async function saveLabel(id, text) {
-  const response = await api.fetchApi(`${ROUTE}/label`, {
+  const response = await api.fetchApi(ROUTES.label, {
     method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ atlas: state.atlas, id, label: text }),
   });
@@ -145,7 +149,7 @@ function labelLine(info) {
   if (!info) return null;
   const parts = [info.category, info.confidence && `${info.confidence} confidence`,
                  info.source === "user" ? "your label" : `imported from ${info.source}`].filter(Boolean);
-  return h("div", { class: "sae-stats", testid: "sae-label-info" }, parts.join(" · "),
+  return h("div", { class: "sae-stats sae-wrap", testid: "sae-label-info" }, parts.join(" · "),
     info.imported ? h("div", {}, `Imported label: "${info.imported.text}" (${info.imported.source}); clear yours to ` +
                                  "show it again") : null);
 }
@@ -157,15 +161,15 @@ function renderDetail(panel, feature) {
     ? `fires at ${(100 * feature.firing_rate).toFixed(3)}% of positions · mean activation when active ` +
       feature.mean_activation.toFixed(3)
     : "No run recorded in this atlas yet: SAE Build Atlas adds examples and statistics.";
-  panel.replaceChildren(
+  show(panel,
     h("div", { class: "sae-row" },
       h("button", { class: "sae-button", onclick: () => { state.detail = null; refresh(); } }, "← All features"),
       h("button", { class: "sae-button sae-primary", testid: "sae-use-feature", onclick: () => useFeature(feature.id) },
         `Use #${feature.id} in selected SAE Feature Steer`)),
-    h("h3", {}, `Feature #${feature.id}`, feature.label ? ` — ${feature.label}` : ""),
+    h("h3", { class: "sae-wrap" }, `Feature #${feature.id}`, feature.label ? ` — ${feature.label}` : ""),
     labelLine(feature.label_info),
     feature.preview ? previewImage(feature.id, feature.preview, true) : null,
-    h("div", { class: "sae-stats" }, stats),
+    h("div", { class: "sae-stats sae-wrap" }, stats),
     h("div", { class: "sae-row" }, labelInput,
       h("button", { class: "sae-button", testid: "sae-label-save", onclick: async () => {
         try { await saveLabel(feature.id, labelInput.value); } catch (err) { setMessage(err.message); }
@@ -173,30 +177,36 @@ function renderDetail(panel, feature) {
     h("div", { class: "sae-message", testid: "sae-message" }, state.message),
     h("div", { class: "sae-examples" }, feature.examples.length ? feature.examples.map((example) =>
       h("figure", { class: "sae-example" }, heatmapCanvas(example),
-        h("figcaption", {}, `${example.prompt || "(no prompt)"} · seed ${example.seed ?? "?"} · ` +
-          `score ${example.score.toFixed(3)}`))) : h("p", {}, "No example in this atlas fires this feature yet.")),
+        h("figcaption", { class: "sae-wrap" }, `${example.prompt || "(no prompt)"} · seed ${example.seed ?? "?"} · ` +
+          `score ${example.score.toFixed(3)}`))) : h("p", { class: "sae-stats" }, "No example in this atlas fires this feature yet.")),
   );
 }
 
-function featureCard(row, preview) {
+// The card's last line: the firing rate once a run was recorded ("no runs yet" before), after the category if any.
+function cardRate(row, recorded) {
+  const rate = recorded ? `${(100 * row.firing_rate).toFixed(2)}%` : "no runs yet";
+  return [row.category, rate].filter(Boolean).join(" · ");
+}
+
+function featureCard(row, preview, recorded) {
   const picture = preview ? previewImage(row.id, preview)
     : row.top_generation >= 0 ? h("img", { src: thumbnailUrl(row.top_generation), loading: "lazy", alt: "" })
                               : h("div", { class: "sae-noimg" });
   return h("button", { class: "sae-card", testid: `sae-feature-${row.id}`,
-                       title: [row.label || `feature ${row.id}`, row.category].filter(Boolean).join(" · "),
+                       title: [`#${row.id}`, row.label, cardRate(row, recorded)].filter(Boolean).join(" · "),
                        onclick: () => openFeature(state.atlas, row.id) },
     picture,
     h("div", { class: "sae-card-id" }, `#${row.id}`),
-    h("div", { class: "sae-card-label" }, row.label || " "),
-    h("div", { class: "sae-card-rate" }, row.category || `${(100 * row.firing_rate).toFixed(2)}%`));
+    h("div", { class: "sae-card-label" }, row.label || "\u00a0"),
+    h("div", { class: "sae-card-rate" }, cardRate(row, recorded)));
 }
 
-async function showMore(grid, more, preview) {
+async function showMore(grid, more, preview, recorded) {
   const seq = state.seq;
   const data = await getJSON("features", { atlas: state.atlas, q: state.query, sort: state.sort, limit: PAGE,
                                            offset: state.shown });
   if (seq !== state.seq) return; // the grid was replaced meanwhile
-  grid.append(...data.features.map((row) => featureCard(row, preview)));
+  grid.append(...data.features.map((row) => featureCard(row, preview, recorded)));
   state.shown += data.features.length;
   more.hidden = state.shown >= data.total;
 }
@@ -208,9 +218,9 @@ async function refresh() {
   const seq = ++state.seq;
   const current = () => seq === state.seq;
   if (!state.atlas) {
-    panel.replaceChildren(h("p", {}, "No feature atlas yet. Import a label set with the SAE Import Labels node "
-      + "(or "), h("code", {}, "python -m sae_core labels import"), h("p", {}, "), or build one from your runs "
-      + "with SAE Build Atlas, and it appears here."));
+    show(panel, h("p", { class: "sae-wrap" }, "No feature atlas yet. Import a label set with the SAE Import Labels "
+      + "node (or ", h("code", {}, "python -m sae_core labels import"), "), or build one from your runs with SAE "
+      + "Build Atlas, and it appears here."));
     return;
   }
   try {
@@ -221,13 +231,14 @@ async function refresh() {
     }
     const data = await getJSON("features", { atlas: state.atlas, q: state.query, sort: state.sort, limit: PAGE });
     if (!current()) return;
-    const grid = h("div", { class: "sae-grid" }, data.features.map((row) => featureCard(row, data.preview)));
+    const recorded = data.generations_seen > 0;
+    const grid = h("div", { class: "sae-grid" }, data.features.map((row) => featureCard(row, data.preview, recorded)));
     state.shown = data.features.length;
     const more = h("button", { class: "sae-button", testid: "sae-more", onclick: () =>
-      showMore(grid, more, data.preview).catch((err) => setMessage(err.message)) }, "Show more");
+      showMore(grid, more, data.preview, recorded).catch((err) => setMessage(err.message)) }, "Show more");
     more.hidden = state.shown >= data.total;
-    panel.replaceChildren(
-      h("div", { class: "sae-stats" }, `${data.total} features · ${data.labelled} labelled · ` +
+    show(panel,
+      h("div", { class: "sae-stats sae-wrap", testid: "sae-atlas-stats" }, `${data.total} features · ${data.labelled} labelled · ` +
         `${data.generations_seen} generations seen`,
         data.preview ? ` · previews from ${data.preview.source}` : "",
         data.labelled ? h("span", {}, " · export labels: ",
@@ -236,7 +247,7 @@ async function refresh() {
       h("div", { class: "sae-message", testid: "sae-message" }, state.message),
       grid, more);
   } catch (err) {
-    if (current()) panel.replaceChildren(h("p", { class: "sae-error" }, err.message));
+    if (current()) show(panel, h("p", { class: "sae-error sae-wrap" }, err.message));
   }
 }
 
@@ -250,7 +261,13 @@ async function openFeature(atlas, id) {
   }
   const select = state.root?.querySelector("select.sae-atlas");
   if (select) select.value = state.atlas;
+  state.showWhere?.();
   await refresh();
+}
+
+// "unet.down_blocks.2.attentions.1" -> "down_blocks.2.attentions.1": the block, without the model prefix
+function shortBlock(hookpoint) {
+  return hookpoint ? hookpoint.replace(/^(unet|transformer|model\.diffusion_model|diffusion_model)\./, "") : "?";
 }
 
 async function renderPanel(root) {
@@ -258,22 +275,33 @@ async function renderPanel(root) {
   root.classList.add("sae-lab-panel");
   const atlasSelect = h("select", { class: "sae-atlas", testid: "sae-atlas-select", onchange: (e) => {
     state.atlas = e.target.value; state.detail = null; refresh(); } });
-  const search = h("input", { type: "search", placeholder: "Search labels, categories or #id",
-                              testid: "sae-atlas-search",
+  const search = h("input", { type: "search", placeholder: "Search or #id", testid: "sae-atlas-search",
+                              title: "Search labels, categories, or a feature by #id",
                               oninput: (e) => { state.query = e.target.value; state.detail = null; refresh(); } });
   search.value = state.query; // the panel is rebuilt each time it opens: show the filter still applied
   const sort = h("select", { testid: "sae-atlas-sort", onchange: (e) => { state.sort = e.target.value; refresh(); } },
     h("option", { value: "firing_rate" }, "Most frequent"), h("option", { value: "mean_activation" }, "Strongest"),
     h("option", { value: "relevance" }, "Best match"), h("option", { value: "id" }, "By id"));
   sort.value = state.sort;
-  root.replaceChildren(h("div", { class: "sae-header" }, h("h2", {}, "SAE feature atlas"), atlasSelect,
+  const where = h("div", { class: "sae-stats sae-wrap", testid: "sae-atlas-where" });
+  const showWhere = () => {
+    const chosen = atlasSelect.selectedOptions[0];
+    where.textContent = chosen?.dataset.where ?? "";
+    atlasSelect.title = chosen?.textContent ?? "";
+  };
+  atlasSelect.addEventListener("change", showWhere);
+  state.showWhere = showWhere;
+  show(root, h("div", { class: "sae-header" }, h("h2", {}, "SAE feature atlas"), atlasSelect, where,
     h("div", { class: "sae-row" }, search, sort)), h("div", { class: "sae-content" }));
   try {
     const { atlases } = await getJSON("list");
-    atlasSelect.replaceChildren(...atlases.map((a) => h("option", { value: a.name },
-      `${a.meta?.name || a.name} (${a.meta?.hookpoint || "?"})`)));
+    // the option shows the SAE's name and block; the line under the box the whole atlas path, wrapped
+    fill(atlasSelect, atlases.map((a) => h("option", { value: a.name,
+      "data-where": `${a.name}${a.meta?.hookpoint ? ` · ${a.meta.hookpoint}` : ""}` },
+      `${a.meta?.name || a.name} (${shortBlock(a.meta?.hookpoint)})`)));
     if (!atlases.some((a) => a.name === state.atlas)) state.atlas = atlases[0]?.name ?? "";
     atlasSelect.value = state.atlas;
+    showWhere();
   } catch (err) {
     setMessage(err.message);
   }
@@ -281,29 +309,38 @@ async function renderPanel(root) {
 }
 
 const STYLE = `
-.sae-lab-panel { padding: 8px; display: flex; flex-direction: column; gap: 8px; height: 100%; overflow: auto; }
+.sae-lab-panel { padding: 8px; display: flex; flex-direction: column; gap: 8px; height: 100%; overflow: auto;
+  box-sizing: border-box; min-width: 0; }
+.sae-lab-panel * { box-sizing: border-box; }
 .sae-lab-panel h2 { font-size: 1.05rem; margin: 0 0 6px; }
 .sae-lab-panel h3 { margin: 6px 0; }
+.sae-header { display: flex; flex-direction: column; gap: 4px; min-width: 0; }
+.sae-wrap { overflow-wrap: anywhere; min-width: 0; }
 .sae-lab-panel select, .sae-lab-panel input { background: var(--comfy-input-bg); color: var(--input-text);
-  border: 1px solid var(--border-color); border-radius: 4px; padding: 4px 6px; }
-.sae-row { display: flex; gap: 6px; align-items: center; flex-wrap: wrap; margin: 4px 0; }
-.sae-row input[type=search], .sae-row input[type=text] { flex: 1; min-width: 120px; }
-.sae-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); gap: 6px; }
+  border: 1px solid var(--border-color); border-radius: 4px; padding: 4px 6px; min-width: 0; max-width: 100%; }
+.sae-lab-panel select.sae-atlas { width: 100%; text-overflow: ellipsis; }
+.sae-row { display: flex; gap: 6px; align-items: center; flex-wrap: wrap; margin: 4px 0; min-width: 0; }
+.sae-row input[type=search], .sae-row input[type=text] { flex: 1 1 120px; min-width: 0; }
+.sae-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); gap: 6px; align-items: start; }
 .sae-card { background: var(--comfy-menu-bg); border: 1px solid var(--border-color); border-radius: 6px;
-  padding: 4px; color: var(--fg-color); cursor: pointer; text-align: left; }
-.sae-card img, .sae-noimg { width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 4px; background: #333; }
+  padding: 4px; color: var(--fg-color); cursor: pointer; text-align: left; display: flex; flex-direction: column;
+  min-width: 0; font: inherit; }
+.sae-card img, .sae-card .sae-noimg { display: block; width: 100%; height: auto; aspect-ratio: 1; object-fit: cover;
+  border-radius: 4px; background: #333; margin: 0 0 2px; }
 .sae-placeholder { display: flex; align-items: center; justify-content: center; text-align: center; font-size: 0.7rem;
-  opacity: 0.8; padding: 4px; box-sizing: border-box; border: 1px dashed var(--border-color); }
-.sae-preview-large { width: 100%; max-width: 320px; aspect-ratio: auto; border-radius: 6px; }
+  opacity: 0.8; padding: 4px; border: 1px dashed var(--border-color); }
+.sae-preview-large { display: block; width: 100%; max-width: 320px; aspect-ratio: auto; border-radius: 6px; }
 .sae-lab-panel a { color: var(--p-primary-color, #6ea8fe); }
 .sae-card-id { font-weight: bold; font-size: 0.85rem; }
-.sae-card-label, .sae-card-rate { font-size: 0.75rem; opacity: 0.8; white-space: nowrap; overflow: hidden; }
+.sae-card-label, .sae-card-rate { font-size: 0.75rem; opacity: 0.8; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
 .sae-button { background: var(--comfy-input-bg); color: var(--fg-color); border: 1px solid var(--border-color);
-  border-radius: 4px; padding: 4px 8px; cursor: pointer; }
+  border-radius: 4px; padding: 4px 8px; cursor: pointer; max-width: 100%; overflow-wrap: anywhere; text-align: left; }
 .sae-primary { border-color: #3a7bd5; }
-.sae-examples { display: grid; grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); gap: 8px; }
-.sae-example { margin: 0; } .sae-example figcaption { font-size: 0.75rem; opacity: 0.85; }
-.sae-stats, .sae-message { font-size: 0.8rem; opacity: 0.85; } .sae-error { color: #e66; }
+.sae-examples { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 8px; }
+.sae-example { margin: 0; min-width: 0; } .sae-example canvas { display: block; max-width: 100%; height: auto; }
+.sae-example figcaption { font-size: 0.75rem; opacity: 0.85; }
+.sae-stats, .sae-message { font-size: 0.8rem; opacity: 0.85; overflow-wrap: anywhere; } .sae-error { color: #e66; }
 `;
 
 app.registerExtension({
@@ -314,7 +351,7 @@ app.registerExtension({
     app.extensionManager?.registerSidebarTab?.({
       id: TAB_ID, icon: "pi pi-th-large", title: "SAE Atlas", tooltip: "SAE feature atlas", type: "custom",
       render: (element) => { renderPanel(element); },
-      destroy: () => { state.root = null; },
+      destroy: () => { state.root = null; state.showWhere = null; },
     });
   },
 });
