@@ -51,13 +51,27 @@ def sample_decode_save(g: Graph, model: tuple[int, int], pos: int, neg: int, lat
     return sampler, decode
 
 
-@register("flux_schnell_build_and_steer_sae")
-def flux_schnell_build_and_steer_sae() -> dict:
-    g = Graph()
+def flux_schnell_loaders(g: Graph) -> tuple[int, int, int]:
+    """Flux.1 schnell as ComfyUI's Flux examples load it: the diffusion model, CLIP-L + T5-XXL, the VAE."""
     unet = g.add("UNETLoader", [FLUX_SCHNELL, "default"], pos=(0, 0), size=(320, 90))
     clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
                  pos=(0, 130), size=(320, 130))
     vae = g.add("VAELoader", ["ae.safetensors"], pos=(0, 300), size=(320, 60))
+    return unet, clip, vae
+
+
+def heatmap_and_save(g: Graph, feature: str, record: int, decode: int, prefix: str, x: int, y: int) -> None:
+    """Where one feature fires in the decoded image, saved beside it."""
+    heat = g.add("SAEFeatureHeatmap", [feature, -1, False, "positive", "jet", 0.6, 3, -1, "nearest"],
+                 pos=(x, y), size=(360, 400), title=f"Where feature {feature} fires",
+                 recording=(record, 1), image=(decode, 0))
+    g.add("SaveImage", [prefix], pos=(x + 400, y), size=(420, 460), images=(heat, 0))
+
+
+@register("flux_schnell_build_and_steer_sae")
+def flux_schnell_build_and_steer_sae() -> dict:
+    g = Graph()
+    unet, clip, vae = flux_schnell_loaders(g)
     pos, neg = prompts(g, (clip, 0), "a photo of a red fox in the snow, golden hour", "",
                        negative_title="Negative (unused at cfg 1)")
     latent = g.add("EmptySD3LatentImage", [1024, 1024, 1], pos=(380, 310), size=(320, 110))
@@ -79,10 +93,7 @@ def flux_schnell_build_and_steer_sae() -> dict:
                    title="Record the steered block", model=(steer, 0), sae=(train, 0))
     _, decode = sample_decode_save(g, (record, 0), pos, neg, latent, (vae, 0), "sae_flux_steered",
                                    [42, "fixed", 4, 1.0, "euler", "simple", 1.0], x=1720, y=560)
-    heat = g.add("SAEFeatureHeatmap", ["0", -1, False, "positive", "jet", 0.6, 3, -1, "nearest"],
-                 pos=(2500, 560), size=(360, 400), title="Where feature 0 fires",
-                 recording=(record, 1), image=(decode, 0))
-    g.add("SaveImage", ["sae_flux_heatmap"], pos=(2900, 560), size=(420, 460), images=(heat, 0))
+    heatmap_and_save(g, "0", record, decode, "sae_flux_heatmap", x=2500, y=560)
     g.add("Note", [
         "Build your own SAE on Flux.1 schnell, steer with it and see where its feature fires.\n\n"
         "Files: models/diffusion_models/flux1-schnell.safetensors (black-forest-labs/FLUX.1-schnell); "
@@ -208,10 +219,7 @@ UNBOX_FLUX_BLOCKS = "double.18, single.0-37"  # where their demo adds a feature:
 @register("flux_schnell_unbox_feature")
 def flux_schnell_unbox_feature() -> dict:
     g = Graph()
-    unet = g.add("UNETLoader", [FLUX_SCHNELL, "default"], pos=(0, 0), size=(320, 90))
-    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
-                 pos=(0, 130), size=(320, 130))
-    vae = g.add("VAELoader", ["ae.safetensors"], pos=(0, 300), size=(320, 60))
+    unet, clip, vae = flux_schnell_loaders(g)
     sae = g.add("SAELoader", ["none", UNBOX_FLUX_REPO, ""], pos=(0, 400), size=(360, 130),
                 title="The sdxl-unbox Flux SAE (block 18)")
     pos, neg = prompts(g, (clip, 0), "a cozy cabin by a lake in the mountains, photo", "",
@@ -231,10 +239,7 @@ def flux_schnell_unbox_feature() -> dict:
     top = g.add("SAETopFeatures", [10, -1, "positive", 0], pos=(2040, 0), size=(420, 420),
                 title="What fires at block 18", recording=(record, 1), latent=(sampler, 0))
     g.add("SaveImage", ["sae_flux_unbox_top"], pos=(2500, 0), size=(420, 330), images=(top, 1))
-    heat = g.add("SAEFeatureHeatmap", ["2000", -1, False, "positive", "jet", 0.6, 3, -1, "nearest"],
-                 pos=(2040, 460), size=(360, 400), title="Where feature 2000 fires",
-                 recording=(record, 1), image=(decode, 0))
-    g.add("SaveImage", ["sae_flux_unbox_heatmap"], pos=(2500, 460), size=(420, 460), images=(heat, 0))
+    heatmap_and_save(g, "2000", record, decode, "sae_flux_unbox_heatmap", x=2040, y=460)
     g.add("Note", [
         "The SAE the authors of Unpacking SDXL Turbo trained on Flux (NeurIPS 2025 version): 12288 features of the "
         "image-stream update of double block 18 (transformer_blocks.18, 3072 wide), k 20. Load SAE downloads it "
