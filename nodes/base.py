@@ -7,11 +7,13 @@ through untouched, so ComfyUI handles them as its own.
 from __future__ import annotations
 
 import functools
+import sys
 
 import comfy.model_management
 import numpy as np
 import torch
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
 
 from ..sae_core.errors import SAEError
 from . import folders
@@ -35,7 +37,7 @@ def _named_errors(execute: classmethod, node_class) -> classmethod:
 
     def display_name() -> str:
         if not name:
-            name.append(node_class.define_schema().display_name or node_class.__name__)
+            name.append(node_class.node_name())
         return name[0]
 
     @functools.wraps(function)
@@ -64,6 +66,20 @@ class SAENode(io.ComfyNode):
         # ComfyUI executes a locked copy of each node class: its execute is wrapped already
         if isinstance(execute, classmethod) and not getattr(execute.__func__, "names_errors", False):
             cls.execute = _named_errors(execute, cls)
+
+    @classmethod
+    def node_name(cls) -> str:
+        """The name users see (the schema's display_name, written once): errors and patch labels use it."""
+        return cls.define_schema().display_name or cls.__name__
+
+
+def show_progress_text(text: str) -> None:
+    """``text`` on the running node, as ComfyUI's progress text (nothing outside a running server)."""
+    server = sys.modules.get("server")  # ComfyUI's own server module, imported only where a server runs
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    context = get_executing_context()
+    if instance is not None and context is not None and hasattr(instance, "send_progress_text"):
+        instance.send_progress_text(text, context.node_id)
 
 
 def image_tensor(*pictures) -> torch.Tensor:

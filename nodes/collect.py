@@ -3,25 +3,22 @@ from __future__ import annotations
 
 import re
 
-import comfy.model_management
-import comfy.sample
 import comfy.utils
-import torch
 from comfy_api.latest import io, ui
 
 from ..sae_core.blocks.passes import STORE_PASSES
 from ..sae_core.blocks.patch import INPUT_KINDS
+from ..sae_core.budget import collection_work
 from ..sae_core.errors import SAEInputError
 from ..sae_core.prompts import parse_prompts, read_prompt_file
 from ..sae_core.train.collect import CollectPatch, collect
-from ..sae_core.train.dataset import DTYPES, ActivationDatasetWriter, read_manifest, weights_digest
+from ..sae_core.train.dataset import DTYPES, ActivationDatasetWriter, collection_header, read_manifest, weights_digest
 from ..sae_core.validate import check_choice, check_number, check_text
 from . import folders
 from .base import SAENode
 from .patching import install_block_patch, model_block_layout, model_family
-from .sampling import MAX_SIDE, SamplingSettings, sampler_inputs
+from .sampling import MAX_SIDE, SamplingSettings, check_cancel, encode_prompt, sample_batch, sampler_inputs, start_work
 
-NODE = "SAE Collect Activations"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,119}$")
 MAX_BLOCKS_TEXT = 2000
 
@@ -43,16 +40,12 @@ def model_fingerprint(model) -> str:
     return weights_digest(diffusion_model.named_parameters(), extra=[repr(patches)])
 
 
-def _encode(clip, text: str):
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
-
-
 class SAECollectActivations(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAECollectActivations",
-            display_name=NODE,
+            display_name="SAE Collect Activations",
             category="SAE Lab/train",
             description=(
                 "Samples each prompt and stores what the chosen transformer blocks compute (their update, as "
@@ -147,44 +140,38 @@ class SAECollectActivations(SAENode):
             raise SAEInputError(f"no block given; valid blocks: {layout.valid_names()}")
         name = check_dataset_name(dataset_name)
         root = folders.target(folders.DATASET_FOLDER, name, "dataset_name")
-        header = {
-            "name": name,
-            "model": {"fingerprint": model_fingerprint(model), "family": layout.family,
-                      "architecture": model_family(model)},
-            "input_kind": store,
-            "dtype": dtype,
-            "settings": {"steps": settings.steps, "cfg": settings.cfg, "sampler": settings.sampler,
-                         "scheduler": settings.scheduler, "seed": base_seed, "width": width, "height": height,
-                         "passes": passes, "negative": negative, "prompts_per_shard": prompts_per_shard,
-                         "positions_per_image": positions_per_image},
-            "blocks": {b.short: {"diffusers": b.diffusers, "comfy": b.comfy, "hookpoint": b.hookpoint,
-                                 "channels": b.channels} for b in chosen},
-        }
+        model_info = {"fingerprint": model_fingerprint(model), "family": layout.family,
+                      "architecture": model_family(model)}
+        header = collection_header(name, model_info, store, dtype, chosen, steps=settings.steps, cfg=settings.cfg,
+                                   sampler=settings.sampler, scheduler=settings.scheduler, seed=base_seed, width=width,
+                                   height=height, passes=passes, negative=negative,
+                                   prompts_per_shard=prompts_per_shard, positions_per_image=positions_per_image)
         writer = ActivationDatasetWriter(root, header, shown_name=name)
         seeds = [base_seed + i for i in range(len(prompt_list))]
         plans = writer.plan(prompt_list, seeds, prompts_per_shard)
+        stored_passes = 2 if passes == "both" and settings.cfg != 1.0 else 1  # ComfyUI skips the negative at cfg 1
+        work = start_work(collection_work(sum(p.n_prompts for p in plans if not writer.is_done(p)), settings.steps,
+                                          blocks=len(chosen), passes=stored_passes,
+                                          positions_per_image=positions_per_image,
+                                          latent_positions=(height // 8) * (width // 8)))
         recorders = {b.short: CollectPatch(store, passes, dtype, positions_per_image, base_seed) for b in chosen}
 
         patched = model
         for block in chosen:
-            patched = install_block_patch(patched, block, recorders[block.short], NODE)
-        negative_cond = _encode(clip, negative)
-        latent = comfy.sample.fix_empty_latent_channels(patched, torch.zeros(1, 4, height // 8, width // 8))
+            patched = install_block_patch(patched, block, recorders[block.short], cls.node_name())
+        negative_cond = encode_prompt(clip, negative)
 
         def run_prompt(index: int) -> None:
-            positive = _encode(clip, prompt_list[index])
-            noise = comfy.sample.prepare_noise(latent, seeds[index])
-            comfy.sample.sample(patched, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler,
-                                positive, negative_cond, latent, seed=seeds[index], disable_pbar=True)
+            sample_batch(patched, [encode_prompt(clip, prompt_list[index])], negative_cond, [seeds[index]], settings)
 
         progress = comfy.utils.ProgressBar(len(prompt_list))
         result = collect(writer, plans, recorders, run_prompt, on_prompt_done=progress.update,
-                         check_cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+                         check_cancel=check_cancel)
         rows = ", ".join(f"{block}: {n} rows x {header['blocks'][block]['channels']}"
                          for block, n in result.rows.items())
         info = (f"output/sae_datasets/{name}: {len(prompt_list)} prompts in {len(plans)} shards "
                 f"({len(result.written)} written now, {len(result.skipped)} already done); {rows}")
-        return io.NodeOutput(name, info, ui=ui.PreviewText(info))
+        return io.NodeOutput(name, info, ui=ui.PreviewText(f"{info}\nsampled {work.describe()}"))
 
 
 NODES = [SAECollectActivations]

@@ -9,8 +9,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..sae_core.blocks.context import ALWAYS
-from ..sae_core.blocks.names import short_code
 from ..sae_core.blocks.passes import UNLEARN_PASSES
+from ..sae_core.budget import Work
 from ..sae_core.edits.unlearn import UnlearnPatch, select_concept
 from ..sae_core.errors import SAEInputError
 from ..sae_core.evaluate.classifiers import (
@@ -53,12 +53,12 @@ from .sampling import (
     plan_batches,
     sample_batch,
     sampler_inputs,
+    start_work,
 )
-from .sockets import CLASSIFIER, CONCEPT, SAE, SWEEP
+from .sockets import CLASSIFIER, CONCEPT, SAE, SWEEP, extra_concept_inputs, given_concepts
 
 NONE = "none"
 OWN_PROJECTION = "the CLIP's own"
-EXTRA_CONCEPTS = ("concept_2", "concept_3", "concept_4")
 CATEGORY = "SAE Lab/unlearning"
 PROMPTS_HELP = ("One prompt per line, labelled with the class it shows: 'label | prompt' (the class of the unlearned "
                 "concepts' kind, for UA and IRA), or 'label | other-kind label | prompt' (adds CRA). The concept's "
@@ -291,8 +291,7 @@ class SAEUnlearningSweep(SAENode):
                                  tooltip="Classifier of the concepts' kind (UA, IRA), e.g. styles."),
                 CLASSIFIER.Input("cross_classifier", optional=True,
                                  tooltip="Classifier of the other kind (CRA), read from the second label."),
-                *[CONCEPT.Input(extra, optional=True, tooltip="Another concept to sweep (unlearned on its own, same "
-                                                              "SAE and block).") for extra in EXTRA_CONCEPTS],
+                *extra_concept_inputs("Another concept to sweep (unlearned on its own, same SAE and block)."),
             ],
             outputs=[
                 io.Image.Output(display_name="grid", tooltip="Every image of the sweep, labelled by setting."),
@@ -316,16 +315,13 @@ class SAEUnlearningSweep(SAENode):
         negative = check_text("negative", negative if negative is not None else "", 10_000)
         settings = SamplingSettings.checked(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler, seed=0,
                                             width=width, height=height, batch_size=batch_size)
-        concepts = [c for c in (concept, concept_2, concept_3, concept_4) if c is not None]
-        if len({c.block for c in concepts}) > 1:
-            raise SAEInputError("the concepts were recorded at different blocks (" + ", ".join(
-                f"'{c.name}' at {short_code(c.block)}" for c in concepts) + "); sweep one block at a time")
+        concepts = given_concepts(sae, (concept, concept_2, concept_3, concept_4), "sweep one block at a time")
         if len({c.name.casefold() for c in concepts}) < len(concepts):
             raise SAEInputError("two concepts have the same name; each concept's name is its class for the scores")
-        for c in concepts:
-            c.check_compatible(sae)
         plan = SweepPlan.build([c.name for c in concepts], parse_percentiles(percentiles),
                                parse_multipliers(multipliers), parse_labelled_prompts(prompts), parse_seeds(seeds))
+        work = start_work(Work(plan.n_images, settings.steps, f"{plan.n_runs:,} runs x {len(plan.samples):,} "
+                                                              f"prompt-seed samples"))
         where = resolve_block(model, sae, concepts[0].block)
         extractor = inception_extractor(inception_file(), comfy.model_management.get_torch_device()) if fid else None
         layout = GridLayout(plan, (height, width), cell_size)
@@ -349,7 +345,7 @@ class SAEUnlearningSweep(SAENode):
                     models[run] = model
                 else:
                     patches[run] = UnlearnPatch(sae, [selections[(run.concept, run.setting)]], ALWAYS, passes)
-                    models[run] = install_block_patch(model, where, patches[run], "SAE Unlearning Sweep")
+                    models[run] = install_block_patch(model, where, patches[run], cls.node_name())
             latent = sample_batch(models[run], [sample_conds[i] for i in indices], negative_cond,
                                   [plan.samples[i].seed for i in indices], settings)
             images = vae.decode(latent)
@@ -365,7 +361,8 @@ class SAEUnlearningSweep(SAENode):
                                for c in range(len(concepts)) for s in plan.settings]
         result.fid_source = "torch-fidelity InceptionV3" if fid else ""
         table = f"{plan.describe()}\n" + feature_table(result.feature_rows)
-        return io.NodeOutput(image_tensor(grid.image), table, result, ui=ui.PreviewText(table))
+        return io.NodeOutput(image_tensor(grid.image), table, result,
+                             ui=ui.PreviewText(f"sampled {work.describe()}\n{table}"))
 
 
 # ---------------------------------------------------------------------- the scores

@@ -25,14 +25,11 @@ from ..sae_core.validate import check_choice, check_number
 from . import folders
 from .base import SAENode, image_tensor
 from .patching import install_block_patch, resolve_block
-from .sockets import RECORDING, SAE
+from .sockets import RECORDING, SAE, block_input
 
 CATEGORY = "SAE Lab/explore"
 WRAPPER_KEY = "sae_lab_record"
 
-BLOCK_HELP = ("Leave empty to use the block the SAE was trained on. Accepts diffusers names "
-              "(down_blocks.2.attentions.1), the paper's codes (down.2.1, mid.0, up.0.0, up.0.1) or ComfyUI "
-              "paths (input_blocks.8.1).")
 RECORDING_HELP = "The recording from SAE Record Activations."
 LATENT_HELP = ("The sampler's LATENT output. Connect this (or the decoded IMAGE) so the node runs after the "
                "sampler and re-runs whenever the sampling changed.")
@@ -83,7 +80,7 @@ class SAERecordActivations(SAENode):
             inputs=[
                 io.Model.Input("model"),
                 SAE.Input("sae"),
-                io.String.Input("block", default="", tooltip=BLOCK_HELP),
+                block_input(),
             ],
             outputs=[
                 io.Model.Output(tooltip="Sample with this model: its runs are recorded."),
@@ -96,7 +93,7 @@ class SAERecordActivations(SAENode):
     def execute(cls, model, sae, block: str = "") -> io.NodeOutput:
         target = resolve_block(model, sae, block)
         recording = Recording(sae, target.short)
-        patched = install_block_patch(model, target, RecordPatch(sae, recording), "SAE Record Activations")
+        patched = install_block_patch(model, target, RecordPatch(sae, recording), cls.node_name())
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
                                      f"{WRAPPER_KEY}_{id(recording)}", _run_wrapper(recording))
         return io.NodeOutput(patched, recording)
@@ -140,7 +137,7 @@ class SAETopFeatures(SAENode):
         check_number("top_n", top_n, 1, 200, integer=True)
         check_number("step", step, -1, 10000, integer=True)
         check_number("batch_index", batch_index, -1, 4096, integer=True)
-        analysis.check_ready(recording, _samples(latent), image, "SAE Top Features")
+        analysis.check_ready(recording, _samples(latent), image, cls.node_name())
         selection = analysis.select(recording, pass_kind, batch_index, step)
         stats = analysis.rank_features(selection, top_n)
         table = analysis.format_table(stats, selection.description)
@@ -198,7 +195,7 @@ class SAEFeatureHeatmap(SAENode):
     def execute(cls, recording, image, features: str = "top 6", step: int = -1, every_step: bool = False,
                 pass_kind: str = "positive", colormap: str = "jet", opacity: float = 0.6, columns: int = 3,
                 mask_feature: int = -1, mask_upscale: str = "nearest") -> io.NodeOutput:
-        analysis.check_ready(recording, None, image, "SAE Feature Heatmap")
+        analysis.check_ready(recording, None, image, cls.node_name())
         spec = analysis.parse_features(features, recording.n_latents)
         check_choice("colormap", colormap, COLORMAPS)
         check_choice("pass", pass_kind, analysis.PASS_KINDS)
@@ -266,7 +263,7 @@ class SAEFeatureTimeline(SAENode):
     def execute(cls, recording, features: str = "top 5", pass_kind: str = "positive", batch_index: int = 0,
                 latent=None, image=None) -> io.NodeOutput:
         check_number("batch_index", batch_index, -1, 4096, integer=True)
-        analysis.check_ready(recording, _samples(latent), image, "SAE Feature Timeline")
+        analysis.check_ready(recording, _samples(latent), image, cls.node_name())
         selection = analysis.select(recording, pass_kind, batch_index, analysis.ALL)
         stats = analysis.choose_features(selection, analysis.parse_features(features, recording.n_latents))
         if not len(stats):

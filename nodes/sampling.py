@@ -19,10 +19,12 @@ import torch
 from comfy_api.latest import io
 
 from ..sae_core.blocks.layout import Block
+from ..sae_core.budget import Work, check_work, max_work
 from ..sae_core.errors import SAEInputError
 from ..sae_core.observe.concept_profile import ConceptProfile
 from ..sae_core.observe.concept_recorder import ConceptRecordPatch
 from ..sae_core.validate import check_choice, check_number
+from .base import show_progress_text
 from .patching import install_block_patch
 
 MAX_STEPS, MAX_CFG, MAX_SIDE, MAX_BATCH, MAX_SEED = 1000, 100.0, 8192, 64, 0xFFFFFFFFFFFFFFFF
@@ -124,20 +126,34 @@ def plan_batches(conditionings: list[Conditioning], batch_size: int) -> list[lis
     return sorted(batches + singles)
 
 
+def check_cancel(*_args) -> None:
+    """Raise ComfyUI's interrupt if the user pressed Cancel (also a sampler callback: checked at every step)."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def start_work(work: Work) -> Work:
+    """Before anything is sampled: refused above this server's cap (SAE_LAB_MAX_WORK), else shown on the node."""
+    check_work(work, max_work())
+    show_progress_text(f"will sample {work.describe()}")
+    return work
+
+
 def sample_batch(model, positives: list[Conditioning], negative: Conditioning, seeds: list[int],
                  settings: SamplingSettings) -> torch.Tensor:
-    """One sampler call for prompts of one signature (see plan_batches), prompt i with the noise of seeds[i] (the
+    """The one sampling path of the nodes (empty latent -> the model's channels -> noise -> ComfyUI's sampler):
+    one sampler call for prompts of one signature (see plan_batches), prompt i with the noise of seeds[i] (the
     noise KSampler gives that seed for a batch of one); Cancel is honoured at every step. The denoised latent."""
     s = settings
     latent = torch.zeros(len(positives), 4, s.height // 8, s.width // 8)
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
-    noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed % 2 ** 64) for seed in seeds])
-
-    def check_cancel(*_args):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
+    seeds = [seed % 2 ** 64 for seed in seeds]
+    noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
     return comfy.sample.sample(model, noise, s.steps, s.cfg, s.sampler, s.scheduler, stack_conditionings(positives),
                                negative, latent, denoise=1.0, callback=check_cancel, disable_pbar=True, seed=seeds[0])
+
+
+def profile_work(target: list[str], other: list[str], settings: SamplingSettings) -> Work:
+    return Work(len(target) + len(other), settings.steps, f"{len(target)} target + {len(other)} other prompts")
 
 
 def record_profile(model, clip, sae, block: Block, target: list[str], other: list[str], *, name: str,
@@ -148,23 +164,13 @@ def record_profile(model, clip, sae, block: Block, target: list[str], other: lis
     patched = install_block_patch(model, block, recorder, label)
     negative = encode_prompt(clip, "")
     progress = comfy.utils.ProgressBar(len(target) + len(other))
-
-    def check_cancel(*_args):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
     s = settings
     for group, prompts in (("target", target), ("other", other)):
         recorder.group = group
         conditionings = [encode_prompt(clip, p) for p in prompts]
         for batch in plan_batches(conditionings, s.batch_size):
             check_cancel()
-            latent = torch.zeros(len(batch), 4, s.height // 8, s.width // 8)
-            latent = comfy.sample.fix_empty_latent_channels(patched, latent)
-            seeds = [(s.seed + i) % 2 ** 64 for i in batch]
-            noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
-            positive = stack_conditionings([conditionings[i] for i in batch])
-            comfy.sample.sample(patched, noise, s.steps, s.cfg, s.sampler, s.scheduler, positive, negative, latent,
-                                denoise=1.0, callback=check_cancel, disable_pbar=True, seed=seeds[0])
+            sample_batch(patched, [conditionings[i] for i in batch], negative, [s.seed + i for i in batch], s)
             progress.update(len(batch))
     family = type(getattr(model.model, "model_config", model.model)).__name__
     sampling = {**s.as_dict(), "model": family}

@@ -7,12 +7,10 @@ from comfy_api.latest import io
 from ..sae_core.blocks.passes import STEER_PASSES
 from ..sae_core.edits.steering import MAX_STRENGTH, MODES, FeatureSteering, SteerPatch
 from ..sae_core.sae.feature_ids import parse_feature_list
-from ..sae_core.validate import check_choice, check_number
+from ..sae_core.validate import check_choice
 from .base import SAENode
 from .patching import install_block_patch, resolve_blocks, step_window
-from .sockets import SAE
-
-NODE = "SAE Feature Steer"
+from .sockets import BLOCK_HELP, SAE, block_input, window_inputs
 
 MODE_HELP = (
     "add: paint the feature's direction where the mask is (strength x the feature's mean activation). "
@@ -28,7 +26,7 @@ class SAEFeatureSteer(SAENode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAEFeatureSteer",
-            display_name=NODE,
+            display_name="SAE Feature Steer",
             category="SAE Lab",
             description=(
                 "Edits SAE features inside a transformer block during sampling (Unpacking SDXL Turbo), or the "
@@ -47,16 +45,9 @@ class SAEFeatureSteer(SAENode):
                                tooltip="Paper units: for add/clamp/replace a multiple of the feature's mean "
                                        "activation (when the SAE has statistics, else raw); for scale the "
                                        "factor added to 1. 0 leaves the image unchanged in add and scale."),
-                io.String.Input("block", default="",
-                                tooltip="Leave empty to use the block the SAE was trained on. Accepts diffusers "
-                                        "names (down_blocks.2.attentions.1), the paper's codes (down.2.1, mid.0, "
-                                        "up.0.0, up.0.1) or ComfyUI paths (input_blocks.8.1), and lists and "
-                                        "ranges of blocks of the SAE's width (double.18, single.0-37): the same "
-                                        "edit, at the same strength, in each."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Start of the edit, as a fraction of the sampling schedule."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="End of the edit, as a fraction of the sampling schedule."),
+                block_input(BLOCK_HELP + " Also a list or range of blocks of the SAE's width (double.18, "
+                            "single.0-37, up.0.0-2): the same edit, at the same strength, in each."),
+                *window_inputs(),
                 io.Combo.Input("passes", options=list(STEER_PASSES), default="positive",
                                tooltip="Which CFG passes to edit. At cfg 1 (SDXL Turbo) there is only the "
                                        "positive pass. 'positive, negated on negative' is the paper's choice "
@@ -72,13 +63,13 @@ class SAEFeatureSteer(SAENode):
     def execute(cls, model, sae, features: str, mode: str, strength: float, block: str = "",
                 start_percent: float = 0.0, end_percent: float = 1.0, passes: str = "positive",
                 mask=None) -> io.NodeOutput:
-        check_choice("mode", mode, MODES)
+        # mode, strengths and the mask are checked by the core (FeatureSteering, parse_feature_list, EditWeights);
+        # the passes only when a block runs, so here, before anything is sampled
         check_choice("passes", passes, STEER_PASSES)
-        strength = check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
         targets = resolve_blocks(model, sae, block)
         steering = FeatureSteering(sae, parse_feature_list(features, sae.n_latents, strength, MAX_STRENGTH), mode)
         patch = SteerPatch(steering, step_window(model, start_percent, end_percent), passes, mask)
-        return io.NodeOutput(install_block_patch(model, targets, patch, NODE))
+        return io.NodeOutput(install_block_patch(model, targets, patch, cls.node_name()))
 
 
 NODES = [SAEFeatureSteer]

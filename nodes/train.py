@@ -19,7 +19,7 @@ from ..sae_core.train.metrics import loss_curve
 from ..sae_core.validate import check_text
 from . import folders
 from .base import SAENode, image_tensor
-from .sockets import SAE
+from .sockets import SAE, block_input
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,119}$")
 # (TrainConfig field, node input, default when it differs from the field's); required first, then optional
@@ -78,8 +78,7 @@ class SAETrain(SAENode):
                                  tooltip="Continue this name's last checkpoint (a cancelled run goes on where it "
                                          "stopped). If settings or data changed, a new run starts and the old "
                                          "checkpoint is kept beside it."),
-                io.String.Input("block", default="", optional=True,
-                                tooltip="For a dataset holding several blocks: which one (any notation)."),
+                block_input("For a dataset holding several blocks: which one (any notation).", optional=True),
                 *[setting_input(f, name, default, optional=True) for f, name, default in OPTIONAL],
             ],
             outputs=[

@@ -6,7 +6,6 @@ from pathlib import Path
 import torch
 from comfy_api.latest import io, ui
 
-from ..sae_core.blocks.names import short_code
 from ..sae_core.blocks.passes import UNLEARN_PASSES
 from ..sae_core.edits.unlearn import (
     DEFAULT_MULTIPLIER,
@@ -24,11 +23,19 @@ from ..sae_core.validate import check_choice, check_number, check_text, relative
 from . import folders
 from .base import SAENode, image_tensor
 from .patching import install_block_patch, resolve_block, step_window
-from .sampling import MAX_BATCH, MAX_SEED, MAX_SIDE, SamplingSettings, record_profile, sampler_inputs
-from .sockets import CONCEPT, SAE
+from .sampling import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_SIDE,
+    SamplingSettings,
+    profile_work,
+    record_profile,
+    sampler_inputs,
+    start_work,
+)
+from .sockets import BLOCK_HELP, CONCEPT, SAE, block_input, extra_concept_inputs, given_concepts, window_inputs
 
 NONE = "none"
-EXTRA_CONCEPTS = ("concept_2", "concept_3", "concept_4")
 
 
 def preview(selections) -> tuple[str, torch.Tensor]:
@@ -67,8 +74,7 @@ class SAEConceptProfile(SAENode):
                                 tooltip="The contrast set, one per line: other styles or objects, ideally the same "
                                         "subjects as the target prompts without the concept."),
                 io.String.Input("name", default="concept", tooltip="A name for the concept, shown in previews."),
-                io.String.Input("block", default="", tooltip="Leave empty to use the block the SAE was trained on "
-                                                             "(e.g. up.1.2 for SAeUron's style SAE)."),
+                block_input(BLOCK_HELP + " SAeUron's style SAE: up.1.2."),
                 *sampler_inputs(
                     20, 7.5, sampler_tip="Sampler used while recording.",
                     scheduler_tip="Scheduler used while recording.",
@@ -110,10 +116,11 @@ class SAEConceptProfile(SAENode):
         settings = SamplingSettings.checked(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler,
                                             seed=seed, width=width, height=height, batch_size=batch_size)
         where = resolve_block(model, sae, block)
+        work = start_work(profile_work(target, other, settings))
         profile = record_profile(model, clip, sae, where, target, other, name=name, settings=settings,
-                                 label="SAE Concept Profile")
+                                 label=cls.node_name())
         text, chart = preview([select_concept(profile)])
-        return io.NodeOutput(profile, text, chart, ui=ui.PreviewText(text))
+        return io.NodeOutput(profile, text, chart, ui=ui.PreviewText(f"sampled {work.describe()}\n\n{text}"))
 
 
 class SAEUnlearnConcept(SAENode):
@@ -137,15 +144,11 @@ class SAEUnlearnConcept(SAENode):
                                max=PERCENTILE_RANGE[1], step=0.001, tooltip=PERCENTILE_HELP),
                 io.Float.Input("multiplier", default=DEFAULT_MULTIPLIER, min=-MAX_MULTIPLIER, max=MAX_MULTIPLIER,
                                step=0.1, tooltip=MULTIPLIER_HELP),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Start of the edit, as a fraction of the sampling schedule."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="End of the edit, as a fraction of the sampling schedule."),
+                *window_inputs(),
                 io.Combo.Input("passes", options=list(UNLEARN_PASSES), default="both",
                                tooltip="Which CFG passes to edit. The paper edits both; at cfg 1 there is only the "
                                        "positive pass."),
-                *[CONCEPT.Input(extra, optional=True, tooltip="Another concept to suppress at the same time (same "
-                                                                "SAE and block).") for extra in EXTRA_CONCEPTS],
+                *extra_concept_inputs("Another concept to suppress at the same time (same SAE and block)."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The model with the unlearning attached; the input model is unchanged."),
@@ -162,19 +165,13 @@ class SAEUnlearnConcept(SAENode):
         check_choice("passes", passes, UNLEARN_PASSES)
         check_number("percentile", percentile, *PERCENTILE_RANGE)
         check_number("multiplier", multiplier, -MAX_MULTIPLIER, MAX_MULTIPLIER)
-        concepts = [c for c in (concept, concept_2, concept_3, concept_4) if c is not None]
-        blocks = {c.block for c in concepts}
-        if len(blocks) > 1:
-            listing = ", ".join(f"'{c.name}' at {short_code(c.block)}" for c in concepts)
-            raise SAEInputError(f"the concepts were recorded at different blocks ({listing}); one node edits one "
-                                f"block: chain one SAE Unlearn Concept node per block")
-        for c in concepts:
-            c.check_compatible(sae)
+        concepts = given_concepts(sae, (concept, concept_2, concept_3, concept_4),
+                                  f"one node edits one block: chain one {cls.node_name()} node per block")
         where = resolve_block(model, sae, concepts[0].block)
         selections = [select_concept(c, percentile, multiplier) for c in concepts]
         patch = UnlearnPatch(sae, selections, step_window(model, start_percent, end_percent), passes)
         text, chart = preview(selections)
-        return io.NodeOutput(install_block_patch(model, where, patch, "SAE Unlearn Concept"), text, chart,
+        return io.NodeOutput(install_block_patch(model, where, patch, cls.node_name()), text, chart,
                              ui=ui.PreviewText(text))
 
 
@@ -252,9 +249,8 @@ class SAELoadConcept(SAENode):
                 io.Combo.Input("concept_name", options=list_concepts() + [NONE],
                                tooltip="A profile in models/sae_concepts."),
                 SAE.Input("sae"),
-                io.String.Input("block", default="", optional=True,
-                                tooltip="Optional: the block you will unlearn at; a profile recorded at another block "
-                                        "is refused. Empty: the profile's own block."),
+                block_input("Optional: the block you will unlearn at; a profile recorded at another block is "
+                            "refused. Empty: the profile's own block.", optional=True),
             ],
             outputs=[CONCEPT.Output(display_name="concept", tooltip="The loaded profile."),
                      io.String.Output(display_name="info", tooltip="What the profile holds.")],

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..blocks.layout import Block
 from ..blocks.names import diffusers_name
 from ..errors import SAEFormatError, SAEInputError
 from ..files import atomic_write, atomic_write_text, check_version
@@ -80,6 +81,24 @@ def weights_digest(named_tensors: Iterable[tuple[str, Tensor]], extra: Iterable[
     for item in extra:
         digest.update(str(item).encode())
     return digest.hexdigest()[:16]
+
+
+def collection_header(name: str, model: dict, input_kind: str, dtype: str, blocks: Iterable[Block], *, steps: int,
+                      cfg: float, sampler: str, scheduler: str, seed: int, width: int, height: int, passes: str,
+                      negative: str, prompts_per_shard: int, positions_per_image: int) -> dict:
+    """The manifest header of a collection: what every shard of the dataset shares (the model's fingerprint and
+    family, what is stored, how it was sampled, the blocks), so continuing it with anything else is refused."""
+    return {
+        "name": name,
+        "model": model,
+        "input_kind": input_kind,
+        "dtype": dtype,
+        "settings": {"steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": scheduler, "seed": seed,
+                     "width": width, "height": height, "passes": passes, "negative": negative,
+                     "prompts_per_shard": prompts_per_shard, "positions_per_image": positions_per_image},
+        "blocks": {b.short: {"diffusers": b.diffusers, "comfy": b.comfy, "hookpoint": b.hookpoint,
+                             "channels": b.channels} for b in blocks},
+    }
 
 
 def read_manifest(root: str | Path) -> dict:

@@ -6,6 +6,8 @@ suppresses them exactly where they fire above threshold, leaving every other pos
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -297,3 +299,33 @@ def test_progress_over_prompts_batching_does_not_change_the_profile_and_cancel_s
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
         comfy.model_management.interrupt_current_processing(False)
+
+
+def test_the_profile_shows_its_work_and_above_the_servers_cap_is_refused_before_sampling(monkeypatch):
+    from types import SimpleNamespace
+
+    from sae_lab_pack.nodes import base as base_nodes
+    model = build_unet("sd15")
+    sae = make_sae("unet.up_blocks.1.attentions.2", "output")
+    shown, updates = [], []
+    server = SimpleNamespace(send_progress_text=lambda text, node_id: shown.append((node_id, text)))
+    monkeypatch.setitem(sys.modules, "server", SimpleNamespace(PromptServer=SimpleNamespace(instance=server)))
+    monkeypatch.setattr(base_nodes, "get_executing_context", lambda: SimpleNamespace(node_id="7"))
+    monkeypatch.setenv("SAE_LAB_MAX_WORK", "4")
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append(value))
+    try:
+        profile_node(model, sae, TARGET[:2], OTHER[:2], steps=1, latent=(16, 16))  # 4 image-steps: the cap
+        assert shown == [("7", "will sample 2 target + 2 other prompts = 4 images x 1 step = 4 image-steps")]
+        assert updates
+        updates.clear()
+        with pytest.raises(ValueError, match=r"^SAE Concept Profile: this request would sample 2 target \+ 2 other "
+                                             r"prompts = 4 images x 2 steps = 8 image-steps, above this server's cap "
+                                             r"of 4 image-steps; .* raise SAE_LAB_MAX_WORK"):
+            profile_node(model, sae, TARGET[:2], OTHER[:2], steps=2, latent=(16, 16))
+        assert not updates and len(shown) == 1  # nothing sampled
+        monkeypatch.setenv("SAE_LAB_MAX_WORK", "none")
+        profile_node(model, sae, TARGET[:2], OTHER[:2], steps=2, latent=(16, 16))
+        assert shown[-1][1].endswith("= 8 image-steps") and updates
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
