@@ -1,5 +1,8 @@
 """sdxl-unbox (openai-style TopK) folders: config.json + state_dict.pth (+ mean.pt, std.pt).
 
+Concept Steerers (``auxk_coef`` in the config) and Interpret-then-Deactivate (a ``stats_last_nonzero`` buffer in the
+state dict) save text-encoder SAEs in this layout; those encode the layer's output.
+
 The published layout is ``<hookpoint>_k10_hidden5120_auxk256_bs4096_lr0.0001/final/``; these SAEs
 encode the block *update* (output - input) of SDXL Turbo.
 """
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ...blocks.families import text_encoder_of
 from ...blocks.names import diffusers_name, hookpoint_of, infer_model_family
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
@@ -74,7 +78,7 @@ def load(path: Path) -> SparseAutoencoder:
         {"W_enc": "encoder.weight", "W_dec": "decoder.weight", "b_enc": "latent_bias", "b_dec": "pre_bias"},
         d, n, k, transposed=("W_dec",),
         stats={"mean": _stat(path, "mean.pt", n), "std": _stat(path, "std.pt", n)},
-        hookpoint=hook, input_kind="diff",
+        hookpoint=hook, input_kind="output" if text_encoder_of(hook) else "diff",  # text SAEs: the layer output
         model_family=infer_model_family(hook, d) or "sdxl",  # the unbox code targets SDXL Turbo
         source_format=NAME, name=path.parent.name if path.name == "final" else path.name,
     )

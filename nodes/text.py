@@ -1,0 +1,135 @@
+"""SAE Text Steer: SAE edits inside a text encoder's layer (CLIP-L, CLIP-G, T5), on a CLIP clone.
+
+The edit is an object patch of the layer's bound ``forward`` on the clone's ``patcher`` (key
+``clip_l.transformer.text_model.encoder.layers.9.forward``): ComfyUI applies it while the clone encodes and
+restores the shared module afterwards, so the input CLIP and every other clone stay bit-identical. CLIP Set Last
+Layer works before or after this node: the edited layer runs whichever layer the conditioning is read from.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..sae_core.blocks.context import ALWAYS, CallContext
+from ..sae_core.blocks.families import text_encoders
+from ..sae_core.blocks.layout import Block
+from ..sae_core.blocks.patch import BlockPatch
+from ..sae_core.blocks.text_encoder import encoder_of, patched_layer_output, resolve_text_layer, text_layout
+from ..sae_core.edits.steering import MAX_STRENGTH, FeatureSteering, SteerPatch
+from ..sae_core.edits.text_steering import TEXT_MODES, CaptureOutput, ConceptSteerPatch, concept_direction
+from ..sae_core.errors import SAEError, SAEInputError
+from ..sae_core.sae.feature_ids import parse_feature_list
+from ..sae_core.validate import check_choice, check_number, check_text
+from .base import SAENode, node_error
+from .sockets import SAE
+
+NODE = "SAE Text Steer"
+MAX_PROMPT = 20_000
+
+MODE_HELP = (
+    "concept: Concept Steerers' direction of the concept prompt, added on every token (strength < 0 subtracts "
+    "it). add: the features' directions on every token (strength x mean activation). scale: multiply the "
+    "features by (1 + strength); -1 removes them. ablate: remove the features' contributions. clamp: set them to "
+    "strength x their mean activation."
+)
+
+
+def resolve_layer(clip, sae, layer_text: str) -> Block:
+    """The text layer named by the user, or the SAE's own hookpoint when left empty; widths must match."""
+    model = clip.cond_stage_model
+    layout = text_layout(model, text_encoders(), type(model).__name__)
+    if not len(layout):
+        raise SAEInputError(f"this CLIP ({type(model).__name__}) has no CLIP-L, CLIP-G or T5 layers SAE Lab "
+                            f"can patch")
+    text = check_text("layer", layer_text or "", 200, single_line=True).strip() or (sae.hookpoint or "")
+    if not text:
+        raise SAEInputError(f"this SAE does not say which layer it was trained on; type a layer, one of: "
+                            f"{layout.valid_names()}")
+    return resolve_text_layer(layout, text, sae.d_in, text_encoders())
+
+
+def install_text_patch(clip, layer: Block, patch: BlockPatch, label: str):
+    """A clone of ``clip`` whose ``layer`` runs ``patch`` on its output (errors are named by ``label``)."""
+    patched = clip.clone()
+    returns_tuple = encoder_of(layer, text_encoders()).returns_tuple
+    key = f"{layer.comfy}.forward"
+    inner = patched.patcher.get_model_object(key)  # the module's forward, or an earlier patch: patches chain
+    ctx = CallContext()
+
+    def forward(*args, **kwargs):  # every argument ComfyUI gives is passed through unchanged
+        output = inner(*args, **kwargs)
+        try:
+            return patched_layer_output(patch, output, ctx, returns_tuple)
+        except SAEError as exc:
+            raise node_error(label, exc) from None
+
+    patched.patcher.add_object_patch(key, forward)
+    return patched
+
+
+def layer_output_of(clip, layer: Block, prompt: str) -> torch.Tensor:
+    """(T, C): ``layer``'s output for ``prompt`` (its first chunk), encoded by a clone of ``clip``."""
+    capture = CaptureOutput()
+    probe = install_text_patch(clip, layer, capture, NODE)
+    probe.encode_from_tokens(probe.tokenize(prompt))
+    if capture.captured is None:
+        raise SAEInputError(f"layer {layer.short} did not run while encoding the concept prompt")
+    return capture.captured[0, 0]
+
+
+class SAETextSteer(SAENode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAETextSteer",
+            display_name=NODE,
+            category="SAE Lab/text",
+            description=(
+                "Steers a text encoder (CLIP-L, CLIP-G or T5) with an SAE on one of its layers, before CLIP Text "
+                "Encode: a concept prompt's direction (Concept Steerers) or feature ids (add / scale / ablate / "
+                "clamp). The input CLIP is unchanged: encode the negative prompt with it to leave it untouched."
+            ),
+            inputs=[
+                io.Clip.Input("clip"),
+                SAE.Input("sae"),
+                io.Combo.Input("mode", options=list(TEXT_MODES), default="concept", tooltip=MODE_HELP),
+                io.String.Input("concept", default="", multiline=True,
+                                tooltip="mode concept: the prompt whose SAE code is the steering direction, "
+                                        "e.g. 'nudity' or 'snowy landscape'."),
+                io.String.Input("features", default="0",
+                                tooltip="Other modes: feature ids, optionally with their own strength: '123' or "
+                                        "'123:4, 456:-2'. A plain id uses the strength below."),
+                io.Float.Input("strength", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.05,
+                               tooltip="concept: the multiple of the concept's code added (negative subtracts "
+                                       "it, 0 leaves the encoder unchanged). Other modes: as SAE Feature Steer."),
+                io.String.Input("layer", default="",
+                                tooltip="Leave empty to use the layer the SAE was trained on. Accepts diffusers "
+                                        "names (text_encoder.text_model.encoder.layers.9, "
+                                        "text_encoder_2.encoder.block.22), codes (clip_l.9, clip_g.30, t5.22) "
+                                        "or ComfyUI paths (clip_l.transformer.text_model.encoder.layers.9)."),
+            ],
+            outputs=[io.Clip.Output(tooltip="The CLIP with the edit attached; the input CLIP is unchanged.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, sae, mode: str, concept: str = "", features: str = "0", strength: float = 1.0,
+                layer: str = "") -> io.NodeOutput:
+        check_choice("mode", mode, TEXT_MODES)
+        strength = check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
+        if clip is None or not hasattr(clip, "patcher"):
+            raise SAEInputError("clip is not a CLIP model; connect a checkpoint loader's or Load CLIP's CLIP")
+        target = resolve_layer(clip, sae, layer)
+        if mode == "concept":
+            prompt = check_text("concept", concept or "", MAX_PROMPT).strip()
+            if not prompt:
+                raise SAEInputError("mode concept needs a concept prompt (e.g. 'snowy landscape'); or pick a "
+                                    "feature mode and give feature ids")
+            direction = concept_direction(sae, layer_output_of(clip, target, prompt), strength)
+            patch = ConceptSteerPatch(direction, idle=strength == 0.0)
+        else:
+            edits = parse_feature_list(features, sae.n_latents, strength, MAX_STRENGTH)
+            patch = SteerPatch(FeatureSteering(sae, edits, mode), ALWAYS, "positive", None)
+        return io.NodeOutput(install_text_patch(clip, target, patch, NODE))
+
+
+NODES = [SAETextSteer]
