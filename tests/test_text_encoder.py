@@ -8,12 +8,11 @@ from checkpoint_writers import random_unbox_weights, unbox_reference, write_sael
 from torch import nn
 
 from sae_core import SAEInputError, SparseAutoencoder, find_saes, load_sae, save_sae
-from sae_core.blocks.context import CallContext
+from sae_core.blocks.context import ALWAYS, CallContext
 from sae_core.blocks.families import infer_model_family, text_encoder_of, text_encoders
 from sae_core.blocks.families.text import CLIP_L, T5
 from sae_core.blocks.names import diffusers_name, hookpoint_of, short_code
 from sae_core.blocks.text_encoder import TEXT_LAYER, patched_layer_output, resolve_text_layer, text_layout
-from sae_core.blocks.context import ALWAYS
 from sae_core.edits.steering import FeatureSteering, SteerPatch
 from sae_core.edits.text_steering import ConceptSteerPatch, concept_direction
 from sae_core.sae.feature_ids import FeatureEdit

@@ -84,7 +84,7 @@ class TextEncoder(Family):
 
     def width(self, cond_stage_model) -> int:
         """The encoder's hidden size, from its token embedding."""
-        encoder = getattr(getattr(cond_stage_model, self.attribute), "transformer")
+        encoder = getattr(cond_stage_model, self.attribute).transformer
         return int(encoder.get_input_embeddings().weight.shape[1])
 
 

@@ -36,14 +36,16 @@ def concept_direction(sae: SparseAutoencoder, activations: Tensor, strength: flo
 
 
 class CaptureOutput(BlockPatch):
-    """Keeps the SAE input of the first call of its layer (the concept prompt's encoding) and changes nothing."""
+    """Keeps the SAE input of the first call of its layer (the concept prompt's encoding) and changes nothing. A
+    copy: ComfyUI's CLIP and T5 layers add their updates to their input in place, so the next layer would
+    overwrite this one's output."""
 
     def __init__(self):
         self.captured: Tensor | None = None
 
     def __call__(self, view: BlockView, ctx: CallContext) -> None:
         if self.captured is None:
-            self.captured = view.sae_input("output").detach()
+            self.captured = view.sae_input("output").detach().clone()
         return None
 
 
