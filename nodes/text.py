@@ -16,7 +16,14 @@ from ..sae_core.blocks.layout import Block
 from ..sae_core.blocks.patch import BlockPatch
 from ..sae_core.blocks.text_encoder import encoder_of, patched_layer_output, resolve_text_layer, text_layout
 from ..sae_core.edits.steering import MAX_STRENGTH, FeatureSteering, SteerPatch
-from ..sae_core.edits.text_steering import TEXT_MODES, CaptureOutput, ConceptSteerPatch, concept_direction
+from ..sae_core.edits.text_steering import (
+    TEXT_MODES,
+    CaptureOutput,
+    ConceptSteerPatch,
+    OnSelectedTokens,
+    TokenSelection,
+    concept_direction,
+)
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.sae.feature_ids import parse_feature_list
 from ..sae_core.validate import check_choice, check_number, check_text
@@ -48,9 +55,19 @@ def resolve_layer(clip, sae, layer_text: str) -> Block:
     return resolve_text_layer(layout, text, sae.d_in, text_encoders())
 
 
-def install_text_patch(clip, layer: Block, patch: BlockPatch, label: str):
-    """A clone of ``clip`` whose ``layer`` runs ``patch`` on its output (errors are named by ``label``)."""
+def install_text_patch(clip, layer: Block, patch: BlockPatch, label: str, selections: dict | None = None):
+    """A clone of ``clip`` whose ``layer`` runs ``patch`` on its output (errors are named by ``label``); each
+    ``selections`` entry (encoder attribute -> TokenSelection) sees the token ids that encoder is given."""
     patched = clip.clone()
+    for attribute, selection in (selections or {}).items():
+        encoder_key = f"{attribute}.forward"
+        encode = patched.patcher.get_model_object(encoder_key)
+
+        def forward_tokens(tokens, *args, _encode=encode, _selection=selection, **kwargs):
+            _selection.see(tokens)
+            return _encode(tokens, *args, **kwargs)
+
+        patched.patcher.add_object_patch(encoder_key, forward_tokens)
     returns_tuple = encoder_of(layer, text_encoders()).returns_tuple
     key = f"{layer.comfy}.forward"
     inner = patched.patcher.get_model_object(key)  # the module's forward, or an earlier patch: patches chain
@@ -65,6 +82,31 @@ def install_text_patch(clip, layer: Block, patch: BlockPatch, label: str):
 
     patched.patcher.add_object_patch(key, forward)
     return patched
+
+
+def word_tokens(clip, layer: Block, words: str) -> set[int]:
+    """The token ids of ``words`` (comma-separated) in the tokenizer of ``layer``'s encoder, without the start, end
+    and padding tokens."""
+    encoder = encoder_of(layer, text_encoders())
+    tokenizer = getattr(clip.tokenizer, encoder.attribute, None)
+    if tokenizer is None:
+        raise SAEInputError(f"this CLIP has no tokenizer for {encoder.title}; leave words empty")
+    special = {getattr(tokenizer, name, None) for name in ("start_token", "end_token", "pad_token")}
+    ids: set[int] = set()
+    for word in (w.strip() for w in words.split(",")):
+        for chunk in tokenizer.tokenize_with_weights(word) if word else ():
+            ids |= {int(t[0]) for t in chunk if isinstance(t[0], int) and t[0] not in special}
+    return ids
+
+
+def select_tokens(clip, layer: Block, patch: BlockPatch, words: str) -> tuple[BlockPatch, dict]:
+    """``patch`` restricted to the tokens of ``words``, and the encoder-forward object patch that shows it the token
+    ids of every call (empty words: the patch itself, every token)."""
+    words = check_text("words", words or "", MAX_PROMPT).strip()
+    if not words:
+        return patch, {}
+    selection = TokenSelection(word_tokens(clip, layer, words))
+    return OnSelectedTokens(patch, selection), {encoder_of(layer, text_encoders()).attribute: selection}
 
 
 def layer_output_of(clip, layer: Block, prompt: str) -> torch.Tensor:
@@ -107,13 +149,16 @@ class SAETextSteer(SAENode):
                                         "names (text_encoder.text_model.encoder.layers.9, "
                                         "text_encoder_2.encoder.block.22), codes (clip_l.9, clip_g.30, t5.22) "
                                         "or ComfyUI paths (clip_l.transformer.text_model.encoder.layers.9)."),
+                io.String.Input("words", default="", optional=True,
+                                tooltip="Edit only the tokens of these words of the prompt (comma-separated, "
+                                        "e.g. 'cat, sofa'); empty: every token."),
             ],
             outputs=[io.Clip.Output(tooltip="The CLIP with the edit attached; the input CLIP is unchanged.")],
         )
 
     @classmethod
     def execute(cls, clip, sae, mode: str, concept: str = "", features: str = "0", strength: float = 1.0,
-                layer: str = "") -> io.NodeOutput:
+                layer: str = "", words: str = "") -> io.NodeOutput:
         check_choice("mode", mode, TEXT_MODES)
         strength = check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
         if clip is None or not hasattr(clip, "patcher"):
@@ -129,7 +174,8 @@ class SAETextSteer(SAENode):
         else:
             edits = parse_feature_list(features, sae.n_latents, strength, MAX_STRENGTH)
             patch = SteerPatch(FeatureSteering(sae, edits, mode), ALWAYS, "positive", None)
-        return io.NodeOutput(install_text_patch(clip, target, patch, NODE))
+        patch, selections = select_tokens(clip, target, patch, words)
+        return io.NodeOutput(install_text_patch(clip, target, patch, NODE, selections))
 
 
 NODES = [SAETextSteer]

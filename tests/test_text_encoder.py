@@ -14,7 +14,7 @@ from sae_core.blocks.families.text import CLIP_L, T5
 from sae_core.blocks.names import diffusers_name, hookpoint_of, short_code
 from sae_core.blocks.text_encoder import TEXT_LAYER, patched_layer_output, resolve_text_layer, text_layout
 from sae_core.edits.steering import FeatureSteering, SteerPatch
-from sae_core.edits.text_steering import ConceptSteerPatch, concept_direction
+from sae_core.edits.text_steering import ConceptSteerPatch, OnSelectedTokens, TokenSelection, concept_direction
 from sae_core.sae.feature_ids import FeatureEdit
 
 STEERERS_RUN = "text_encoder.text_model.encoder.layers.9_k32_hidden3072_auxk32_bs4096_lr0.0004_2025-01-09T21:29:10"
@@ -191,3 +191,20 @@ def test_an_sae_of_another_encoders_width_is_refused_with_the_widths():
         resolve_text_layer(layout, "clip_l.2", 768, text_encoders())
     with pytest.raises(SAEInputError, match="does not exist"):
         resolve_text_layer(layout, "t5.99", 48, text_encoders())
+
+
+def test_selected_tokens_keep_the_edit_only_at_the_words_tokens():
+    direction = torch.randn(6, 16)
+    selection = TokenSelection({42, 7})
+    patch = OnSelectedTokens(ConceptSteerPatch(direction, idle=False), selection)
+    x = torch.randn(3, 6, 16)  # the third row: a chunk the encoder added (no token ids seen for it)
+    selection.see([[1, 42, 5, 7, 2, 2], [1, 5, 5, 5, 42, 2]])
+    y = patched_layer_output(patch, x, CallContext(), returns_tuple=False)
+    chosen = torch.zeros(3, 6, dtype=torch.bool)
+    chosen[0, 1] = chosen[0, 3] = chosen[1, 4] = True
+    assert torch.equal(y[chosen], (x + direction)[chosen])
+    assert torch.equal(y[~chosen], x[~chosen])
+    selection.see([[1, 5, 5, 5, 5, 2]] * 3)
+    assert patched_layer_output(patch, x, CallContext(), returns_tuple=False) is x  # no word here: untouched
+    with pytest.raises(SAEInputError, match="no tokens"):
+        TokenSelection(set())

@@ -76,3 +76,49 @@ class ConceptSteerPatch(BlockPatch):
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor:
         u = view.sae_input(self.input_kind)
         return self.aligned(u.shape[2], u).expand_as(u)
+
+
+class TokenSelection:
+    """The token positions of chosen words in what the encoder is encoding now. ``see`` is given the token ids of
+    each call of the encoder (rows = token chunks) before its layers run; a position is selected when its token is
+    one of the words' tokens (so a word's sub-word pieces are found wherever they occur)."""
+
+    def __init__(self, word_tokens: set[int]):
+        if not word_tokens:
+            raise SAEInputError("the chosen words give no tokens; write words that occur in the prompt")
+        self.word_tokens = frozenset(word_tokens)
+        self._rows: list[list[int]] = []
+
+    def see(self, tokens) -> None:
+        """Token ids of the current call, one list per chunk (entries that are embeddings, not ids, never match)."""
+        self._rows = [[int(t) if isinstance(t, int) or (isinstance(t, Tensor) and t.numel() == 1) else -1
+                       for t in row] for row in tokens]
+
+    def weights(self, n_rows: int, n_tokens: int) -> Tensor:
+        """(N, 1, T): 1 at the chosen words' tokens of each row, else 0 (rows the encoder added, such as the empty
+        prompt ComfyUI appends for weighted prompts, get 0)."""
+        out = torch.zeros(n_rows, 1, n_tokens)
+        for r, row in enumerate(self._rows[:n_rows]):
+            for i, token in enumerate(row[:n_tokens]):
+                if token in self.word_tokens:
+                    out[r, 0, i] = 1.0
+        return out
+
+
+class OnSelectedTokens(BlockPatch):
+    """Another patch's change kept only at the selected tokens (every edit here is linear in its weight)."""
+
+    def __init__(self, inner: BlockPatch, selection: TokenSelection):
+        self.inner = inner
+        self.selection = selection
+        self.input_kind = inner.input_kind
+
+    def skips(self, ctx: CallContext) -> bool:
+        return self.inner.skips(ctx)
+
+    def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
+        weights = self.selection.weights(view.n_rows, view.grid[1])
+        if not bool(weights.any()):
+            return None
+        delta = self.inner(view, ctx)
+        return None if delta is None else delta * weights[..., None].to(delta.device, delta.dtype)

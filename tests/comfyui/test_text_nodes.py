@@ -252,3 +252,33 @@ def test_an_sae_for_another_encoders_width_is_refused(flux):
 def test_an_sae_without_a_layer_asks_for_one(sd1):
     with pytest.raises(ValueError, match=r"^SAE Text Steer: this SAE does not say.*clip_l\.0"):
         steer(sd1, make_sae(CLIP_WIDTH, None))
+
+
+# ---------------------------------------------------------------- token selection
+def test_words_limit_the_edit_to_their_tokens(sd1):
+    sae = make_sae(CLIP_WIDTH, "clip_l.1")
+    ids = _ids(sd1.tokenize(PROMPT)["l"])[0].tolist()
+    cat = _ids(sd1.tokenize("cat")["l"])[0, 1].item()  # after the start token
+    first = ids.index(cat)
+    base = encode(sd1)[0]
+    for kw in ({"strength": 2.0}, {"mode": "add", "features": "3:2, 7"}):
+        cond = encode(steer(sd1, sae, words="cat", **kw))[0]
+        # CLIP attends causally: the tokens before the word are exactly as before, the word's own token changes
+        assert torch.equal(cond[0, :first], base[0, :first])
+        assert (cond[0, first] - base[0, first]).abs().max() > 1e-3
+        everywhere = encode(steer(sd1, sae, **kw))[0]
+        assert not torch.equal(everywhere[0, :first], base[0, :first])
+    absent = encode(steer(sd1, sae, strength=2.0, words="zebra"))[0]
+    assert torch.equal(absent, base)  # a word the prompt does not hold: nothing to edit
+
+
+def test_words_select_t5_tokens_too(flux):
+    sae = make_sae(T5_WIDTH, "t5.1")
+    base = encode(flux)[0]
+    cond = encode(steer(flux, sae, words="sofa", mode="add", features="5:3"))[0]
+    changed = (cond - base).abs().amax(dim=-1)[0] > 1e-4
+    ids = _ids(flux.tokenize(PROMPT)["t5xxl"])[0]
+    sofa = set(_ids(flux.tokenize("sofa")["t5xxl"])[0].tolist()) - {0, 1}
+    at_sofa = torch.tensor([int(t) in sofa for t in ids])
+    assert bool(changed[at_sofa].all())
+    assert bool(changed.any()) and int(changed.sum()) >= int(at_sofa.sum())
