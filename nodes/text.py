@@ -8,7 +8,7 @@ Layer works before or after this node: the edited layer runs whichever layer the
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..sae_core.blocks.context import ALWAYS, CallContext
 from ..sae_core.blocks.families import text_encoders
@@ -25,9 +25,10 @@ from ..sae_core.edits.text_steering import (
     concept_direction,
 )
 from ..sae_core.errors import SAEError, SAEInputError
+from ..sae_core.observe.text_features import token_features
 from ..sae_core.sae.feature_ids import parse_feature_list
 from ..sae_core.validate import check_choice, check_number, check_text
-from .base import SAENode, node_error
+from .base import SAENode, image_tensor, node_error
 from .sockets import SAE
 
 NODE = "SAE Text Steer"
@@ -109,6 +110,22 @@ def select_tokens(clip, layer: Block, patch: BlockPatch, words: str) -> tuple[Bl
     return OnSelectedTokens(patch, selection), {encoder_of(layer, text_encoders()).attribute: selection}
 
 
+def prompt_tokens(clip, layer: Block, prompt: str) -> tuple[list[str], list[bool]]:
+    """The first chunk of ``prompt`` in ``layer``'s encoder's tokenizer, up to its end token: each token's text and
+    whether it is one of the prompt's own (not the start or end token)."""
+    encoder = encoder_of(layer, text_encoders())
+    tokenizer = getattr(clip.tokenizer, encoder.attribute, None)
+    if tokenizer is None:
+        raise SAEInputError(f"this CLIP has no tokenizer for {encoder.title}")
+    chunk = tokenizer.tokenize_with_weights(prompt)[0]
+    special = {getattr(tokenizer, name, None) for name in ("start_token", "end_token", "pad_token")}
+    ids = [int(t[0]) if isinstance(t[0], int) else -1 for t in chunk]
+    end = ids.index(tokenizer.end_token) + 1 if tokenizer.end_token in ids else len(ids)
+    texts = [word.replace("</w>", "") if isinstance(word, str) else "<embedding>"
+             for (_, word) in tokenizer.untokenize(chunk[:end])]
+    return texts, [i not in special and i >= 0 for i in ids[:end]]
+
+
 def layer_output_of(clip, layer: Block, prompt: str) -> torch.Tensor:
     """(T, C): ``layer``'s output for ``prompt`` (its first chunk), encoded by a clone of ``clip``."""
     capture = CaptureOutput()
@@ -178,4 +195,49 @@ class SAETextSteer(SAENode):
         return io.NodeOutput(install_text_patch(clip, target, patch, NODE, selections))
 
 
-NODES = [SAETextSteer]
+class SAETextFeatures(SAENode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAETextFeatures",
+            display_name="SAE Text Features",
+            category="SAE Lab/text",
+            description=(
+                "Which SAE features fire on which token of a prompt at one text-encoder layer: a token x "
+                "top-features table on the node, a chart of the prompt's strongest features, and their ids "
+                "ready for SAE Text Steer."
+            ),
+            inputs=[
+                io.Clip.Input("clip"),
+                SAE.Input("sae"),
+                io.String.Input("prompt", default="a photo of a cat", multiline=True,
+                                tooltip="The prompt to read (its first chunk of tokens)."),
+                io.Int.Input("top_k", default=5, min=1, max=64,
+                             tooltip="Features shown per token, and ids in the output."),
+                io.String.Input("layer", default="", tooltip="As SAE Text Steer's layer; empty: the SAE's own."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="chart", tooltip="Peak activation of the prompt's top features."),
+                io.String.Output(display_name="table", tooltip="Each token and its top features."),
+                io.String.Output(display_name="features", tooltip="The prompt's top feature ids, for the steer "
+                                                                  "nodes' features input."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, sae, prompt: str, top_k: int = 5, layer: str = "") -> io.NodeOutput:
+        top_k = int(check_number("top_k", top_k, 1, 64))
+        if clip is None or not hasattr(clip, "patcher"):
+            raise SAEInputError("clip is not a CLIP model; connect a checkpoint loader's or Load CLIP's CLIP")
+        text = check_text("prompt", prompt or "", MAX_PROMPT).strip()
+        if not text:
+            raise SAEInputError("prompt is empty; write the prompt whose tokens to read")
+        target = resolve_layer(clip, sae, layer)
+        tokens, words = prompt_tokens(clip, target, text)
+        found = token_features(sae, layer_output_of(clip, target, text), tokens, words, top_k)
+        table = found.table()
+        return io.NodeOutput(image_tensor(found.chart(target.short)), table, found.ids(),
+                             ui=ui.PreviewText(f"{table}\n\ntop features: {found.ids()}"))
+
+
+NODES = [SAETextSteer, SAETextFeatures]

@@ -208,3 +208,26 @@ def test_selected_tokens_keep_the_edit_only_at_the_words_tokens():
     assert patched_layer_output(patch, x, CallContext(), returns_tuple=False) is x  # no word here: untouched
     with pytest.raises(SAEInputError, match="no tokens"):
         TokenSelection(set())
+
+
+def test_token_features_rank_the_words_features_by_peak_activation():
+    from sae_core.observe.text_features import token_features
+
+    sae = _sae(d=16, n=64, k=2)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(64, 16, generator=torch.Generator().manual_seed(1)) * 0.01)
+        sae.W_enc[:16] += torch.eye(16) * 5  # latent i reads input i
+        sae.b_dec.zero_()
+        sae.b_enc.zero_()
+    acts = torch.zeros(5, 16)
+    acts[0, 0] = 9.0  # the start token: strongest, but not a word of the prompt
+    acts[1, 3], acts[1, 4] = 1.0, 0.5
+    acts[2, 5] = 2.0
+    acts[3, 3] = 3.0
+    found = token_features(sae, acts, ["<s>", "a", "red", "cat", "</s>"], [False, True, True, True, False], top_k=2)
+    assert found.features[1].tolist() == [3, 4] and found.features[3, 0] == 3
+    assert [f for f, _ in found.top] == [3, 5]  # 3 peaks at 15 (token "cat"), 5 at 10; 0 is the start token's
+    assert found.ids() == "3, 5"
+    lines = found.table().splitlines()
+    assert lines[0].split()[:2] == ["#", "token"] and lines[3].split()[:3] == ["2", "red", "5:10"]
+    assert found.chart("clip_l.2").size[0] > 0

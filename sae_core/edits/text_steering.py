@@ -22,6 +22,7 @@ from ..sae.model import SparseAutoencoder
 TEXT_MODES = ("concept", "add", "scale", "ablate", "clamp")  # concept: a prompt's direction; the others: feature ids
 
 
+@torch.no_grad()
 def concept_direction(sae: SparseAutoencoder, activations: Tensor, strength: float) -> Tensor:
     """(T, C): the concept prompt's layer output (T, C) encoded without top-k and decoded without the decoder bias,
     times ``strength`` (in the layer's own units: SAeUron-style standardising SAEs scale it back per token)."""

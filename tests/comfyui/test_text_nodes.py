@@ -282,3 +282,46 @@ def test_words_select_t5_tokens_too(flux):
     at_sofa = torch.tensor([int(t) in sofa for t in ids])
     assert bool(changed[at_sofa].all())
     assert bool(changed.any()) and int(changed.sum()) >= int(at_sofa.sum())
+
+
+# ---------------------------------------------------------------- SAE Text Features
+def test_text_features_table_matches_the_sae_code_of_transformers_layer_output(sd1):
+    pytest.importorskip("transformers")
+    from sae_lab_pack.nodes.text import SAETextFeatures
+
+    sae = make_sae(CLIP_WIDTH, "clip_l.2")
+    out = SAETextFeatures.execute(sd1, sae, "a photo of a tabby cat", top_k=3)
+    chart, table, ids = out.result
+    hf = transformers_clip(sd1)
+    tokens = _ids(sd1.tokenize("a photo of a tabby cat")["l"])
+    acts = _captured(hf, getattr(hf, "text_model", hf).encoder.layers[2], tokens)
+    code = sae.encode_topk(acts)
+    lines = table.splitlines()[1:]
+    end = tokens[0].tolist().index(49407)  # the end token closes the table
+    assert len(lines) == end + 1 and "cat" in lines[end - 1] and "endoftext" in lines[end]
+    for t, line in enumerate(lines):
+        shown = [int(cell.split(":")[0]) for cell in line.split()[2:]]
+        order = code.values[t].argsort(descending=True)[:3]
+        assert shown == code.indices[t][order].tolist(), t
+    # the prompt's own tokens (not start / end) rank the ids, by peak activation
+    peaks = {}
+    for t in range(1, end):
+        for f, v in zip(code.indices[t].tolist(), code.values[t].tolist()):
+            peaks[f] = max(peaks.get(f, 0.0), v)
+    expected = sorted(peaks, key=lambda f: -peaks[f])[:3]
+    assert ids == ", ".join(str(f) for f in expected)
+    assert chart.shape[0] == 1 and chart.shape[-1] == 3
+    steered = encode(steer(sd1, sae, mode="scale", features=ids, strength=-1.0))[0]  # ids go straight to the steer
+    assert not torch.equal(steered, encode(sd1)[0])
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"prompt": "  "}, "prompt is empty"), ({"top_k": 0}, "top_k"), ({"top_k": math.nan}, "top_k"),
+    ({"layer": "t5.0"}, "does not exist"), ({"prompt": "a\x00b"}, "prompt"),
+])
+def test_text_features_bad_inputs(sd1, kw, message):
+    from sae_lab_pack.nodes.text import SAETextFeatures
+
+    with pytest.raises(ValueError, match=r"^SAE Text Features: ") as info:
+        SAETextFeatures.execute(sd1, make_sae(CLIP_WIDTH, "clip_l.1"), **{"prompt": "a cat", **kw})
+    assert message in str(info.value)
