@@ -16,6 +16,7 @@ from ..sae_core.blocks.layout import Block
 from ..sae_core.blocks.patch import BlockPatch
 from ..sae_core.blocks.text_encoder import encoder_of, patched_layer_output, resolve_text_layer, text_layout
 from ..sae_core.edits.steering import MAX_STRENGTH, FeatureSteering, SteerPatch
+from ..sae_core.edits.text_erase import Deactivation, ErasePatch, concept_features, erase_threshold
 from ..sae_core.edits.text_steering import (
     TEXT_MODES,
     CaptureOutput,
@@ -26,6 +27,7 @@ from ..sae_core.edits.text_steering import (
 )
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.observe.text_features import token_features
+from ..sae_core.prompts import parse_prompts
 from ..sae_core.sae.feature_ids import parse_feature_list
 from ..sae_core.validate import check_choice, check_number, check_text
 from .base import SAENode, image_tensor, node_error
@@ -240,4 +242,59 @@ class SAETextFeatures(SAENode):
                              ui=ui.PreviewText(f"{table}\n\ntop features: {found.ids()}"))
 
 
-NODES = [SAETextSteer, SAETextFeatures]
+MAX_ERASE_PROMPTS = 256  # each prompt is one text encoding when the node runs
+
+
+class SAETextErase(SAENode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAETextErase",
+            display_name="SAE Text Erase",
+            category="SAE Lab/text",
+            description=(
+                "Erases a concept in the text encoder (Interpret-then-Deactivate): the SAE features that fire on "
+                "the target prompts and on none of the remaining prompts are scaled by the multiplier, on every "
+                "prompt the concept's features change enough; other prompts are encoded exactly as before."
+            ),
+            inputs=[
+                io.Clip.Input("clip"),
+                SAE.Input("sae"),
+                io.String.Input("target_prompts", default="a painting in the style of Van Gogh", multiline=True,
+                                tooltip="Prompts of the concept to erase, one per line."),
+                io.String.Input("remain_prompts", default="a photo of a cat\na painting of a landscape",
+                                multiline=True, tooltip="Prompts to keep, one per line: features that fire on "
+                                                        "them are never deactivated."),
+                io.Float.Input("multiplier", default=-8.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.5,
+                               tooltip="The concept's features are multiplied by this (ItD: -8 celebrities, -6 "
+                                       "styles; 0 switches them off)."),
+                io.Int.Input("top_n", default=128, min=1, max=4096,
+                             tooltip="Features per prompt compared (ItD: 128, 256 for styles)."),
+                io.String.Input("layer", default="", tooltip="As SAE Text Steer's layer; empty: the SAE's own."),
+            ],
+            outputs=[io.Clip.Output(tooltip="The CLIP with the concept erased; the input CLIP is unchanged."),
+                     io.String.Output(display_name="features", tooltip="The concept's features, deactivated.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, sae, target_prompts: str, remain_prompts: str, multiplier: float = -8.0,
+                top_n: int = 128, layer: str = "") -> io.NodeOutput:
+        multiplier = check_number("multiplier", multiplier, -MAX_STRENGTH, MAX_STRENGTH)
+        top_n = int(check_number("top_n", top_n, 1, 4096))
+        if clip is None or not hasattr(clip, "patcher"):
+            raise SAEInputError("clip is not a CLIP model; connect a checkpoint loader's or Load CLIP's CLIP")
+        target, remain = parse_prompts(target_prompts, "target"), parse_prompts(remain_prompts)
+        if len(target) + len(remain) > MAX_ERASE_PROMPTS:
+            raise SAEInputError(f"{len(target) + len(remain)} prompts given; at most {MAX_ERASE_PROMPTS} in all")
+        layer_block = resolve_layer(clip, sae, layer)
+        target_acts = [layer_output_of(clip, layer_block, p) for p in target]
+        features = concept_features(sae, target_acts, [layer_output_of(clip, layer_block, p) for p in remain],
+                                    min(top_n, sae.n_latents))
+        deactivation = Deactivation(sae, features, multiplier)
+        patch = ErasePatch(deactivation, erase_threshold(deactivation, target_acts))
+        ids = ", ".join(str(f) for f in features)
+        return io.NodeOutput(install_text_patch(clip, layer_block, patch, "SAE Text Erase"), ids,
+                             ui=ui.PreviewText(f"{len(features)} features deactivated at {layer_block.short}: {ids}"))
+
+
+NODES = [SAETextSteer, SAETextFeatures, SAETextErase]

@@ -232,3 +232,28 @@ def test_token_features_rank_the_words_features_by_peak_activation():
     assert lines[0].split()[:2] == ["#", "token"] and lines[3].split()[:2] == ["2", "red"]
     assert lines[3].split()[2].startswith("5:")
     assert found.chart("clip_l.2").size[0] > 0
+
+
+def test_itd_selection_and_threshold():
+    from sae_core.edits.text_erase import Deactivation, ErasePatch, concept_features, erase_threshold
+
+    d = 8
+    sae = SparseAutoencoder(d, 2 * d, 2 * d, hookpoint="clip_l.8", input_kind="output")
+    with torch.no_grad():  # exact reconstruction: latent i = relu(x_i), latent d + i = relu(-x_i)
+        sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
+        sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    start = torch.full((1, d), 50.0)  # the start token fires everything, and is never counted
+    target = torch.cat([start, torch.tensor([[0, 0, 0, 0, 0, 0, 5.0, 0], [1.0, 0, 0, 0, 0, 0, 4, 0]])])
+    remain = torch.cat([start, torch.tensor([[2.0, 0, 0, 0, 0, 0, 0.5, 0], [0.0] * d])])
+    assert concept_features(sae, [target], [remain], top_n=1) == [6]  # 0 fires on the remaining prompt's top too
+    deactivation = Deactivation(sae, [6], 0.0)
+    threshold = erase_threshold(deactivation, [target])
+    assert threshold == pytest.approx(0.99 * (25 + 16) / (3 * d))
+    patch = ErasePatch(deactivation, threshold)
+    x = torch.stack([target, remain])
+    y = patched_layer_output(patch, x, CallContext(), returns_tuple=False)
+    assert torch.allclose(y[0, :, 6], torch.tensor([50.0, 0, 0])) and torch.equal(y[1], remain)  # kept: exact
+    with pytest.raises(SAEInputError, match="also fires"):
+        concept_features(sae, [remain], [remain], top_n=1)

@@ -325,3 +325,101 @@ def test_text_features_bad_inputs(sd1, kw, message):
     with pytest.raises(ValueError, match=r"^SAE Text Features: ") as info:
         SAETextFeatures.execute(sd1, make_sae(CLIP_WIDTH, "clip_l.1"), **{"prompt": "a cat", **kw})
     assert message in str(info.value)
+
+
+# ---------------------------------------------------------------- SAE Text Erase (Interpret-then-Deactivate)
+TARGETS = ["a painting in the style of van gogh", "starry night by van gogh"]
+REMAIN = ["a photo of a cat", "a red sofa in a living room", "a mountain lake at dawn"]
+
+
+def _itd_reference(sae, hf, layer, ids_of, prompt: str, top_n: int, multiplier: float) -> torch.Tensor:
+    """ItD's rule written out again on transformers' CLIP: features = union of target top-n (peak over tokens
+    1:) minus the remaining prompts'; threshold = 0.99 min target MSE; a row is replaced by the reconstruction
+    with those features (tokens 1:) scaled, when its MSE reaches the threshold."""
+    def code(acts):
+        pre = (acts - sae.b_dec) @ sae.W_enc.t() + sae.b_enc
+        vals, inds = pre.topk(sae.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, inds, vals.relu())
+
+    def top(acts):
+        return set(code(acts[1:]).max(0).values.topk(top_n).indices.tolist())
+
+    kept = set().union(*(top(_captured(hf, layer, ids_of(p))) for p in REMAIN))
+    features = sorted(set().union(*(top(_captured(hf, layer, ids_of(p))) for p in TARGETS)) - kept)
+
+    def deactivated(acts):
+        z = code(acts)
+        z[1:, features] *= multiplier
+        return z @ sae.W_dec + sae.b_dec
+
+    def mse(acts):
+        return float((deactivated(acts) - acts).pow(2).mean().detach())
+
+    threshold = 0.99 * min(mse(_captured(hf, layer, ids_of(p))) for p in TARGETS)
+    erased = []
+
+    def hook(module, args, output):
+        x = output[0] if isinstance(output, tuple) else output
+        erased.extend(mse(r) >= threshold for r in x)
+        y = torch.stack([deactivated(r) if mse(r) >= threshold else r for r in x])
+        return (y, *output[1:]) if isinstance(output, tuple) else y
+
+    handle = layer.register_forward_hook(hook)
+    with torch.no_grad():
+        out = hf(input_ids=ids_of(prompt)).last_hidden_state
+    handle.remove()
+    return out, features, any(erased)
+
+
+def exact_sae(d: int, hookpoint: str) -> SparseAutoencoder:
+    """An SAE that reconstructs exactly (latents relu(x) and relu(-x), decoded as their difference), so that the
+    change ItD measures is the deactivation's alone, as with a well-trained SAE."""
+    sae = SparseAutoencoder(d, 2 * d, 2 * d, hookpoint=hookpoint, input_kind="output", name="exact")
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye]))
+        sae.W_dec.copy_(torch.cat([eye, -eye]))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_text_erase_matches_itd_on_transformers_and_leaves_other_prompts_exact(sd1):
+    pytest.importorskip("transformers")
+    from sae_lab_pack.nodes.text import SAETextErase
+
+    sae = exact_sae(CLIP_WIDTH, "text_model.encoder.layers.2")  # ItD's own name for the layer
+    erased_clip, ids = SAETextErase.execute(sd1, sae, "\n".join(TARGETS), "\n".join(REMAIN), multiplier=-8.0,
+                                            top_n=6).result
+    hf = transformers_clip(sd1)
+    layer = getattr(hf, "text_model", hf).encoder.layers[2]
+
+    def ids_of(prompt):
+        return _ids(sd1.tokenize(prompt)["l"])
+
+    kept = 0
+    for prompt in TARGETS + REMAIN:
+        expected, features, erased = _itd_reference(sae, hf, layer, ids_of, prompt, 6, -8.0)
+        assert ids == ", ".join(str(f) for f in features) and features
+        cond = encode(erased_clip, prompt)[0]
+        assert (cond - expected).abs().max() <= 1e-5
+        if prompt in TARGETS:
+            assert erased and (cond - encode(sd1, prompt)[0]).abs().max() > 1e-3  # every target prompt is erased
+        elif not erased:
+            assert torch.equal(cond, encode(sd1, prompt)[0])  # below the threshold: exactly as before
+            kept += 1
+    assert kept >= 1
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"target_prompts": " \n "}, "target prompts are empty"), ({"multiplier": math.nan}, "multiplier"),
+    ({"top_n": 0}, "top_n"), ({"remain_prompts": "x\n" * 300}, "at most"),
+    ({"remain_prompts": "a painting in the style of van gogh"}, "also fires on the remaining prompts"),
+])
+def test_text_erase_bad_inputs(sd1, kw, message):
+    from sae_lab_pack.nodes.text import SAETextErase
+
+    args = {"target_prompts": "a painting in the style of van gogh", "remain_prompts": "a cat", **kw}
+    with pytest.raises(ValueError, match=r"^SAE Text Erase: ") as info:
+        SAETextErase.execute(sd1, make_sae(CLIP_WIDTH, "clip_l.1"), **{"top_n": 4, **args})
+    assert message in str(info.value)
