@@ -224,6 +224,7 @@ class SAETextFeatures(SAENode):
                 io.String.Output(display_name="features", tooltip="The prompt's top feature ids, for the steer "
                                                                   "nodes' features input."),
             ],
+            is_output_node=True,  # its table is shown on the node: it runs without a consumer
         )
 
     @classmethod

@@ -21,10 +21,16 @@ T5_CONFIG = {"d_ff": 64, "d_kv": 8, "d_model": T5_WIDTH, "dense_act_fn": "gelu_p
              "num_layers": T5_LAYERS, "pad_token_id": 0, "relative_attention_num_buckets": 32, "vocab_size": 32128}
 
 
-class TinyClipL(comfy.sd1_clip.SDClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options=None, projected: bool = False):
-        super().__init__(device=device, dtype=dtype, model_options=model_options or {},
-                         textmodel_json_config=dict(CLIP_CONFIG), return_projected_pooled=projected)
+def clip_l_class(config: dict):
+    """A CLIP-L text model class of ComfyUI's with this (tiny) config."""
+    class TinyClipL(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            super().__init__(device=device, dtype=dtype, model_options=model_options or {},
+                             textmodel_json_config=dict(config), return_projected_pooled=False)
+    return TinyClipL
+
+
+TinyClipL = clip_l_class(CLIP_CONFIG)
 
 
 class TinyT5(comfy.sd1_clip.SDClipModel):
@@ -34,9 +40,11 @@ class TinyT5(comfy.sd1_clip.SDClipModel):
                          model_options={**(model_options or {}), "model_name": "t5xxl"})
 
 
-class TinySD1Encoder(comfy.sd1_clip.SD1ClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
-        super().__init__(device=device, dtype=dtype, model_options=model_options or {}, clip_model=TinyClipL)
+def sd1_encoder_class(clip_model):
+    class TinySD1Encoder(comfy.sd1_clip.SD1ClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
+            super().__init__(device=device, dtype=dtype, model_options=model_options or {}, clip_model=clip_model)
+    return TinySD1Encoder
 
 
 class TinyFluxEncoder(comfy.text_encoders.flux.FluxClipModel):
@@ -49,9 +57,12 @@ class TinyFluxEncoder(comfy.text_encoders.flux.FluxClipModel):
         self.dtypes = {dtype}
 
 
-def build_sd1_clip(seed: int = 0):
-    """ComfyUI's CLIP around a tiny CLIP-L with SD1.5's tokenizer (as an SD1.5 checkpoint loader gives)."""
-    clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, TinySD1Encoder))
+def build_sd1_clip(seed: int = 0, width: int = CLIP_WIDTH, layers: int = CLIP_LAYERS):
+    """ComfyUI's CLIP around a tiny CLIP-L with SD1.5's tokenizer (as an SD1.5 checkpoint loader gives); the
+    example workflows use width 64 (the tiny U-Nets' context) and 12 layers (SD1.5's, so paper layers exist)."""
+    config = {**CLIP_CONFIG, "hidden_size": width, "num_hidden_layers": layers}
+    encoder = sd1_encoder_class(TinyClipL if config == CLIP_CONFIG else clip_l_class(config))
+    clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, encoder))
     _init_weights(clip.cond_stage_model, seed)
     return clip
 

@@ -2,7 +2,8 @@
 tests. Example workflows are run with their loaders swapped for these nodes (server_harness.tiny_prompt):
 CheckpointLoaderSimple -> SAELabTestTinyCheckpoint, UNETLoader -> SAELabTestTinyDiffusionModel,
 DualCLIPLoader / TripleCLIPLoader / CLIPLoader -> SAELabTestTinyTextEncoder, VAELoader -> SAELabTestTinyVAE,
-CLIPVisionLoader -> SAELabTestTinyCLIPVision."""
+CLIPVisionLoader -> SAELabTestTinyCLIPVision. Family ``sd15_clip`` is the tiny SD1.5 U-Net with a real (tiny)
+ComfyUI CLIP-L instead of the bag-of-words text encoder, for the text-encoder workflows."""
 import os
 import sys
 
@@ -13,7 +14,9 @@ import tiny_models  # noqa: E402
 
 UNET_FAMILIES = ["sdxl", "sd15"]
 DIT_FAMILIES = ["flux", "sd3", "qwen_image"]
-FAMILIES = UNET_FAMILIES + DIT_FAMILIES
+REAL_CLIP_FAMILIES = {"sd15_clip": "sd15"}  # a U-Net family with a real tiny CLIP (text-encoder workflows)
+FAMILIES = UNET_FAMILIES + DIT_FAMILIES + list(REAL_CLIP_FAMILIES)
+TEXT_WORKFLOW_CLIP = {"width": 64, "layers": 12}  # the tiny U-Nets' context width, SD1.5's 12 layers
 
 
 def _family_input():
@@ -21,18 +24,24 @@ def _family_input():
 
 
 def tiny_model(family):
+    family = REAL_CLIP_FAMILIES.get(family, family)
     if family in UNET_FAMILIES:
         return tiny_models.build_unet(family)
     return tiny_dit.build_dit(family)
 
 
 def tiny_text_encoder(family):
+    if family in REAL_CLIP_FAMILIES:
+        import tiny_text
+
+        return tiny_text.build_sd1_clip(**TEXT_WORKFLOW_CLIP)
     if family in UNET_FAMILIES:
         return tiny_models.TinyTextEncoder()
     return tiny_models.TinyTextEncoder(context_dim=tiny_dit.CONTEXT, pooled_dim=tiny_dit.POOLED)
 
 
 def tiny_vae(family):
+    family = REAL_CLIP_FAMILIES.get(family, family)
     if family in UNET_FAMILIES:
         return tiny_models.build_vae()
     return tiny_dit.build_vae(family)
