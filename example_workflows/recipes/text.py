@@ -19,8 +19,8 @@ def text_concept_slider() -> dict:
     neg = g.add("CLIPTextEncode", [NEGATIVE], pos=(900, 170), size=(400, 100), title="Negative (input CLIP)",
                 clip=(ckpt, 1))
     latent = g.add("EmptyLatentImage", [512, 512, 1], pos=(900, 310), size=(320, 110))
-    sample_and_save(g, (ckpt, 0), pos, neg, latent, ckpt, "sae_text_concept", steps=20, cfg=7.5,
-                    sampler="euler", scheduler="normal", x=1340)
+    sample_and_save(g, (ckpt, 0), pos, neg, latent, ckpt, "sae_text_concept", steps=8, cfg=7.5,
+                    sampler="dpmpp_2m", scheduler="karras", x=1340)
     features = g.add("SAETextFeatures", ["a photo of a village street with houses and trees", 5, ""],
                      pos=(460, 380), size=(400, 300), title="Which features fire on which token",
                      clip=(ckpt, 1), sae=(sae, 0))
