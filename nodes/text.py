@@ -44,6 +44,20 @@ MODE_HELP = (
 )
 
 
+def require_clip(clip) -> None:
+    if clip is None or not hasattr(clip, "patcher") or not hasattr(clip, "cond_stage_model"):
+        raise SAEInputError("clip is not a CLIP model; connect a checkpoint loader's or Load CLIP's CLIP")
+
+
+def layer_input() -> io.String.Input:
+    """The layer input of the text nodes (one wording of the names they accept)."""
+    return io.String.Input("layer", default="",
+                           tooltip="Leave empty to use the layer the SAE was trained on. Accepts diffusers names "
+                                   "(text_encoder.text_model.encoder.layers.9, text_encoder_2.encoder.block.22), "
+                                   "codes (clip_l.9, clip_g.30, t5.22) or ComfyUI paths "
+                                   "(clip_l.transformer.text_model.encoder.layers.9).")
+
+
 def resolve_layer(clip, sae, layer_text: str) -> Block:
     """The text layer named by the user, or the SAE's own hookpoint when left empty; widths must match."""
     model = clip.cond_stage_model
@@ -163,11 +177,7 @@ class SAETextSteer(SAENode):
                 io.Float.Input("strength", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.05,
                                tooltip="concept: the multiple of the concept's code added (negative subtracts "
                                        "it, 0 leaves the encoder unchanged). Other modes: as SAE Feature Steer."),
-                io.String.Input("layer", default="",
-                                tooltip="Leave empty to use the layer the SAE was trained on. Accepts diffusers "
-                                        "names (text_encoder.text_model.encoder.layers.9, "
-                                        "text_encoder_2.encoder.block.22), codes (clip_l.9, clip_g.30, t5.22) "
-                                        "or ComfyUI paths (clip_l.transformer.text_model.encoder.layers.9)."),
+                layer_input(),
                 io.String.Input("words", default="", optional=True,
                                 tooltip="Edit only the tokens of these words of the prompt (comma-separated, "
                                         "e.g. 'cat, sofa'); empty: every token."),
@@ -180,8 +190,7 @@ class SAETextSteer(SAENode):
                 layer: str = "", words: str = "") -> io.NodeOutput:
         check_choice("mode", mode, TEXT_MODES)
         strength = check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
-        if clip is None or not hasattr(clip, "patcher"):
-            raise SAEInputError("clip is not a CLIP model; connect a checkpoint loader's or Load CLIP's CLIP")
+        require_clip(clip)
         target = resolve_layer(clip, sae, layer)
         if mode == "concept":
             prompt = check_text("concept", concept or "", MAX_PROMPT).strip()
@@ -216,7 +225,7 @@ class SAETextFeatures(SAENode):
                                 tooltip="The prompt to read (its first chunk of tokens)."),
                 io.Int.Input("top_k", default=5, min=1, max=64,
                              tooltip="Features shown per token, and ids in the output."),
-                io.String.Input("layer", default="", tooltip="As SAE Text Steer's layer; empty: the SAE's own."),
+                layer_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="chart", tooltip="Peak activation of the prompt's top features."),
@@ -230,8 +239,7 @@ class SAETextFeatures(SAENode):
     @classmethod
     def execute(cls, clip, sae, prompt: str, top_k: int = 5, layer: str = "") -> io.NodeOutput:
         top_k = int(check_number("top_k", top_k, 1, 64))
-        if clip is None or not hasattr(clip, "patcher"):
-            raise SAEInputError("clip is not a CLIP model; connect a checkpoint loader's or Load CLIP's CLIP")
+        require_clip(clip)
         text = check_text("prompt", prompt or "", MAX_PROMPT).strip()
         if not text:
             raise SAEInputError("prompt is empty; write the prompt whose tokens to read")
@@ -271,7 +279,7 @@ class SAETextErase(SAENode):
                                        "styles; 0 switches them off)."),
                 io.Int.Input("top_n", default=128, min=1, max=4096,
                              tooltip="Features per prompt compared (ItD: 128, 256 for styles)."),
-                io.String.Input("layer", default="", tooltip="As SAE Text Steer's layer; empty: the SAE's own."),
+                layer_input(),
             ],
             outputs=[io.Clip.Output(tooltip="The CLIP with the concept erased; the input CLIP is unchanged."),
                      io.String.Output(display_name="features", tooltip="The concept's features, deactivated.")],
@@ -282,8 +290,7 @@ class SAETextErase(SAENode):
                 top_n: int = 128, layer: str = "") -> io.NodeOutput:
         multiplier = check_number("multiplier", multiplier, -MAX_STRENGTH, MAX_STRENGTH)
         top_n = int(check_number("top_n", top_n, 1, 4096))
-        if clip is None or not hasattr(clip, "patcher"):
-            raise SAEInputError("clip is not a CLIP model; connect a checkpoint loader's or Load CLIP's CLIP")
+        require_clip(clip)
         target, remain = parse_prompts(target_prompts, "target"), parse_prompts(remain_prompts)
         if len(target) + len(remain) > MAX_ERASE_PROMPTS:
             raise SAEInputError(f"{len(target) + len(remain)} prompts given; at most {MAX_ERASE_PROMPTS} in all")
