@@ -36,3 +36,37 @@ def text_concept_slider() -> dict:
         "the run folder in models/sae (rename it if its name holds a ':' time)."],
         pos=(0, 330), size=(420, 360))
     return g.to_json()
+
+
+FLUX_T5_SAE = "text_encoder.text_model.encoder.layers.22_k64_hidden65536_auxk64_bs4096_lr0.0004/final"
+
+
+@register("flux_text_t5_steer")
+def flux_text_t5_steer() -> dict:
+    from .dit import FLUX_SCHNELL, prompts, sample_decode_save
+
+    g = Graph()
+    unet = g.add("UNETLoader", [FLUX_SCHNELL, "default"], pos=(0, 0), size=(320, 90))
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
+                 pos=(0, 130), size=(320, 130))
+    vae = g.add("VAELoader", ["ae.safetensors"], pos=(0, 300), size=(320, 60))
+    sae = g.add("SAELoader", [FLUX_T5_SAE, "", ""], pos=(0, 400), size=(420, 130),
+                title="Concept Steerers SAE (T5 block 22)")
+    steer = g.add("SAETextSteer", ["concept", "a watercolor painting", "0", 2.0, "", ""], pos=(460, 0),
+                  size=(400, 330), title="Steer T5 towards: a watercolor painting", clip=(clip, 0), sae=(sae, 0))
+    pos, neg = prompts(g, (steer, 0), "a photo of a red fox in the snow, golden hour", "",
+                       negative_title="Negative (unused at cfg 1)", x=900)
+    latent = g.add("EmptySD3LatentImage", [1024, 1024, 1], pos=(900, 310), size=(320, 110))
+    sample_decode_save(g, (unet, 0), pos, neg, latent, (vae, 0), "sae_flux_text_steer",
+                       [42, "fixed", 4, 1.0, "euler", "simple", 1.0], x=1340)
+    g.add("Note", [
+        "Concept Steerers on Flux: steer the T5 text encoder at block 22 (text_encoder_2.encoder.block.22, "
+        "t5.22).\n\n"
+        "Their Flux run names call this layer text_encoder.text_model.encoder.layers.22: on Flux's CLIP, whose "
+        "T5 is 4096 wide like the SAE, SAE Text Steer reads that name as t5.22.\n\n"
+        "The concept prompt's SAE code (no top-k) is added on every T5 token; Flux's pooled vector comes from "
+        "CLIP-L and is untouched. Strength 0 changes nothing; negative values remove the concept.\n\n"
+        "Concept Steerers publishes no checkpoints: put your run folder in models/sae (renamed if its name holds "
+        "a ':' time)."],
+        pos=(460, 380), size=(400, 300))
+    return g.to_json()

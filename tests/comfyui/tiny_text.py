@@ -33,11 +33,14 @@ def clip_l_class(config: dict):
 TinyClipL = clip_l_class(CLIP_CONFIG)
 
 
-class TinyT5(comfy.sd1_clip.SDClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options=None):
-        super().__init__(device=device, dtype=dtype, textmodel_json_config=dict(T5_CONFIG),
-                         special_tokens={"end": 1, "pad": 0}, model_class=comfy.text_encoders.t5.T5,
-                         model_options={**(model_options or {}), "model_name": "t5xxl"})
+def t5_class(config: dict):
+    """ComfyUI's T5-XXL text model class (as sd3_clip.T5XXLModel) with this (tiny) config."""
+    class TinyT5(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            super().__init__(device=device, dtype=dtype, textmodel_json_config=dict(config),
+                             special_tokens={"end": 1, "pad": 0}, model_class=comfy.text_encoders.t5.T5,
+                             model_options={**(model_options or {}), "model_name": "t5xxl"})
+    return TinyT5
 
 
 def sd1_encoder_class(clip_model):
@@ -47,14 +50,16 @@ def sd1_encoder_class(clip_model):
     return TinySD1Encoder
 
 
-class TinyFluxEncoder(comfy.text_encoders.flux.FluxClipModel):
-    """Flux's text encoder (CLIP-L for the pooled vector, T5 for the tokens) at a tiny width."""
+def flux_encoder_class(clip_model, t5_model):
+    class TinyFluxEncoder(comfy.text_encoders.flux.FluxClipModel):
+        """Flux's text encoder (CLIP-L for the pooled vector, T5 for the tokens) at a tiny width."""
 
-    def __init__(self, device="cpu", dtype=None, model_options=None):
-        torch.nn.Module.__init__(self)
-        self.clip_l = TinyClipL(device=device, dtype=dtype, model_options=model_options)
-        self.t5xxl = TinyT5(device=device, dtype=dtype, model_options=model_options)
-        self.dtypes = {dtype}
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            torch.nn.Module.__init__(self)
+            self.clip_l = clip_model(device=device, dtype=dtype, model_options=model_options)
+            self.t5xxl = t5_model(device=device, dtype=dtype, model_options=model_options)
+            self.dtypes = {dtype}
+    return TinyFluxEncoder
 
 
 def build_sd1_clip(seed: int = 0, width: int = CLIP_WIDTH, layers: int = CLIP_LAYERS):
@@ -67,9 +72,15 @@ def build_sd1_clip(seed: int = 0, width: int = CLIP_WIDTH, layers: int = CLIP_LA
     return clip
 
 
-def build_flux_clip(seed: int = 0):
-    """ComfyUI's CLIP around tiny CLIP-L + T5 with Flux's tokenizers (as DualCLIPLoader type flux gives)."""
-    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, TinyFluxEncoder)
+def build_flux_clip(seed: int = 0, clip_width: int = CLIP_WIDTH, t5_width: int = T5_WIDTH,
+                    t5_layers: int = T5_LAYERS):
+    """ComfyUI's CLIP around tiny CLIP-L + T5 with Flux's tokenizers (as DualCLIPLoader type flux gives); the
+    example workflows use the tiny Flux's widths (pooled 16, context 32) and Flux's 24 T5 blocks."""
+    t5 = {**T5_CONFIG, "d_model": t5_width, "num_layers": t5_layers, "num_heads": t5_width // T5_CONFIG["d_kv"]}
+    clip_config = {**CLIP_CONFIG, "hidden_size": clip_width}
+    encoder = flux_encoder_class(TinyClipL if clip_config == CLIP_CONFIG else clip_l_class(clip_config),
+                                 t5_class(t5))
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, encoder)
     clip = comfy.sd.CLIP(target=target)
     _init_weights(clip.cond_stage_model, seed)
     with torch.no_grad():  # outputs of magnitude < 1: ComfyUI's and transformers' T5 differ by fp32 rounding
