@@ -51,13 +51,19 @@ def sample_decode_save(g: Graph, model: tuple[int, int], pos: int, neg: int, lat
     return sampler, decode
 
 
-@register("flux_schnell_build_and_steer_sae")
-def flux_schnell_build_and_steer_sae() -> dict:
-    g = Graph()
+def flux_loaders(g: Graph) -> tuple[int, int, int]:
+    """Flux.1 schnell as users load it: UNETLoader, DualCLIPLoader (clip_l + t5xxl, type flux), VAELoader."""
     unet = g.add("UNETLoader", [FLUX_SCHNELL, "default"], pos=(0, 0), size=(320, 90))
     clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
                  pos=(0, 130), size=(320, 130))
     vae = g.add("VAELoader", ["ae.safetensors"], pos=(0, 300), size=(320, 60))
+    return unet, clip, vae
+
+
+@register("flux_schnell_build_and_steer_sae")
+def flux_schnell_build_and_steer_sae() -> dict:
+    g = Graph()
+    unet, clip, vae = flux_loaders(g)
     pos, neg = prompts(g, (clip, 0), "a photo of a red fox in the snow, golden hour", "",
                        negative_title="Negative (unused at cfg 1)")
     latent = g.add("EmptySD3LatentImage", [1024, 1024, 1], pos=(380, 310), size=(320, 110))

@@ -43,13 +43,10 @@ FLUX_T5_SAE = "text_encoder.text_model.encoder.layers.22_k64_hidden65536_auxk64_
 
 @register("flux_text_t5_steer")
 def flux_text_t5_steer() -> dict:
-    from .dit import FLUX_SCHNELL, prompts, sample_decode_save
+    from .dit import flux_loaders, prompts, sample_decode_save
 
     g = Graph()
-    unet = g.add("UNETLoader", [FLUX_SCHNELL, "default"], pos=(0, 0), size=(320, 90))
-    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
-                 pos=(0, 130), size=(320, 130))
-    vae = g.add("VAELoader", ["ae.safetensors"], pos=(0, 300), size=(320, 60))
+    unet, clip, vae = flux_loaders(g)
     sae = g.add("SAELoader", [FLUX_T5_SAE, "", ""], pos=(0, 400), size=(420, 130),
                 title="Concept Steerers SAE (T5 block 22)")
     steer = g.add("SAETextSteer", ["concept", "a watercolor painting", "0", 2.0, "", ""], pos=(460, 0),
