@@ -29,6 +29,9 @@ SPECS: dict[str, tuple[list, list]] = {
     "Note": ([], []),
     "SAELoader": ([], [("SAE", "SAE"), ("info", "STRING")]),
     "SAEFeatureSteer": ([("model", "MODEL"), ("sae", "SAE"), ("mask", "MASK")], [("MODEL", "MODEL")]),
+    "SAETextSteer": ([("clip", "CLIP"), ("sae", "SAE")], [("CLIP", "CLIP")]),
+    "SAETextFeatures": ([("clip", "CLIP"), ("sae", "SAE")], [("chart", "IMAGE"), ("table", "STRING"),
+                                                            ("features", "STRING")]),
 }
 
 SDXL_TURBO = "sd_xl_turbo_1.0_fp16.safetensors"

@@ -77,7 +77,7 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = HEATMAP_
     height, width = base.shape[:2]
     values = np.asarray(heat, dtype=np.float64)
     values = values if normalized else normalize(values)
-    values = upsample(values, height, width)
+    values = upsample(values, height, width).astype(np.float64)  # the bins and colours in double precision
     quantised = np.minimum(np.floor(values * bins), bins - 1)
     colours = heat_colors((quantised + 0.5) / bins, colormap).astype(np.float64)
     visible = (quantised > 0)[..., None]

@@ -39,6 +39,20 @@ def write_unbox(root: Path, hook: str = "unet.down_blocks.2.attentions.1", d: in
     return folder
 
 
+def write_text_unbox(root: Path, run: str, d: int, n: int, k: int, extra_cfg: dict | None = None,
+                     seed: int = 0) -> Path:
+    """``<root>/<run>/final/`` in the sdxl-unbox layout as the text-encoder papers save it: Concept Steerers
+    (``text_encoder.text_model.encoder.layers.9_k32_hidden3072_auxk32_bs4096_lr0.0004_<date>``, ``auxk_coef`` in
+    the config) and Interpret-then-Deactivate (``text_model.encoder.layers.8_k64_hidden524288_auxk256_bs50_lr0.0001
+    _dataset...``, a ``stats_last_nonzero`` buffer)."""
+    folder = root / run / "final"
+    folder.mkdir(parents=True)
+    cfg = {"n_dirs_local": n, "d_model": d, "k": k, "auxk": 32, "dead_steps_threshold": 2441, **(extra_cfg or {})}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    torch.save({"state_dict": random_unbox_weights(d, n, seed)}, folder / "state_dict.pth")
+    return folder
+
+
 def random_sparsify_weights(d: int = 1280, n: int = 20480, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w_dec = torch.randn(n, d, generator=g)

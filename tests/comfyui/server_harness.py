@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 import comfy_harness
-from checkpoint_writers import FLUX_UNBOX_REPO, write_sparsify, write_unbox
+from checkpoint_writers import FLUX_UNBOX_REPO, write_sparsify, write_text_unbox, write_unbox
 from devices import ON_CPU
 
 HERE = Path(__file__).resolve().parent
@@ -173,7 +173,9 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
 TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
 
 # Each workflow's family, from its file name; its loaders are swapped for the test pack's tiny ones.
-FAMILY_PREFIXES = (("flux", "flux"), ("sd3", "sd3"), ("qwen_image", "qwen_image"), ("sd15", "sd15"), ("sdxl", "sdxl"))
+FAMILY_PREFIXES = (("flux_text", "flux_clip"), ("flux", "flux"), ("sd3", "sd3"), ("qwen_image", "qwen_image"),
+                   ("sd15_text", "sd15_clip"), ("sd15", "sd15"), ("sdxl", "sdxl"))
+MODEL_OF_FAMILY = {"flux_clip": "flux", "sd15_clip": "sd15"}  # the tiny pack's families with a real tiny CLIP
 DIT_FAMILIES = ("flux", "sd3", "qwen_image")
 LOADERS = {"CheckpointLoaderSimple": "SAELabTestTinyCheckpoint", "UNETLoader": "SAELabTestTinyDiffusionModel",
            "DualCLIPLoader": "SAELabTestTinyTextEncoder", "TripleCLIPLoader": "SAELabTestTinyTextEncoder",
@@ -260,6 +262,17 @@ def place_hub_saes(models: Path) -> None:
         write_sparsify(saeuron, hook=hook, d=TINY_WIDTH, expansion=16, k=32, seed=i)
 
 
+# Text-encoder SAEs the text workflows load from models/sae (Concept Steerers' layout), at the tiny CLIP's width
+TEXT_SAES = {"text_encoder.text_model.encoder.layers.9_k32_hidden3072_auxk32_bs4096_lr0.0004": (64, 256, 32),
+             # Concept Steerers' name for Flux's T5 block 22, at the tiny Flux's T5 width
+             "text_encoder.text_model.encoder.layers.22_k64_hidden65536_auxk64_bs4096_lr0.0004": (32, 128, 16)}
+
+
+def place_text_saes(models: Path) -> None:
+    for run, (d, n, k) in TEXT_SAES.items():
+        write_text_unbox(models / "sae", run, d=d, n=n, k=k, extra_cfg={"auxk_coef": 1 / 32})
+
+
 def place_dit_saes(models: Path) -> None:
     """The native SAEs the DiT workflows name, on the tiny block at the real block's depth, at the tiny width."""
     import torch
@@ -294,6 +307,7 @@ def workflow_server(base: Path) -> ComfyServer:
     place_hub_saes(base / "models")
     place_dit_saes(base / "models")
     place_clip_projection(base / "models")
+    place_text_saes(base / "models")
     return ComfyServer(base, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
@@ -311,7 +325,7 @@ def tiny_prompt(workflow_path: Path, object_info: dict) -> dict:
         if kind in SIZED_ON_EVERY_MODEL:
             for name in ("width", "height"):
                 inputs[name] = tiny_side(inputs[name])
-        if family not in DIT_FAMILIES:
+        if MODEL_OF_FAMILY.get(family, family) not in DIT_FAMILIES:
             continue
         if kind.startswith("SAE"):
             for name in ("blocks", "block"):

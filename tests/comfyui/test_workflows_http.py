@@ -189,3 +189,22 @@ def test_tune_unlearning_workflow_sweeps_scores_and_picks_a_setting(server):
     assert best, text[:500]
     assert float(best[1]) in (99.99, 99.999) and float(best[2]) in (-1.0, -10.0, -30.0)
     assert "UA %" in text and "IRA %" in text
+
+
+def test_text_steer_workflow_changes_the_image_and_idle_does_not(server):
+    prompt = tiny_prompt(comfy_harness.REPO / "example_workflows" / "sd15_text_concept_slider.json",
+                         server.object_info)
+    steer_id = next(k for k, v in prompt.items() if v["class_type"] == "SAETextSteer")
+    save_id = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
+    idle = copy.deepcopy(prompt)
+    idle[steer_id]["inputs"]["strength"] = 0.0
+    for p in (prompt, idle):  # two steps are enough to compare
+        next(v for v in p.values() if v["class_type"] == "KSampler")["inputs"]["steps"] = 2
+    steered, idle_img = (saved_images(server, server.run(p), save_id)[0].astype(int) for p in (prompt, idle))
+    bypassed = copy.deepcopy(idle)
+    positive = next(v for v in bypassed.values() if v["class_type"] == "CLIPTextEncode"
+                    and v["inputs"]["clip"][0] == steer_id)
+    positive["inputs"]["clip"] = bypassed[steer_id]["inputs"]["clip"]  # the input CLIP
+    plain = saved_images(server, server.run(bypassed), save_id)[0].astype(int)
+    assert np.array_equal(idle_img, plain)
+    assert not np.array_equal(steered, plain)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from ..family import DiTFamily, Family, UNetFamily
 from ..notation import strip_prefix
-from . import flux, qwen_image, sd3, unet
+from ..text_encoder import TextEncoder
+from . import flux, qwen_image, sd3, text, unet
 
-FAMILIES: list[Family] = [unet.SDXL, unet.SD15, flux.FAMILY, sd3.FAMILY, qwen_image.FAMILY]
+FAMILIES: list[Family] = [unet.SDXL, unet.SD15, flux.FAMILY, sd3.FAMILY, qwen_image.FAMILY, *text.ENCODERS]
 
 
 def register(family: Family) -> Family:
@@ -29,6 +30,10 @@ def unet_families() -> list[UNetFamily]:
     return [f for f in FAMILIES if isinstance(f, UNetFamily)]
 
 
+def text_encoders() -> tuple[TextEncoder, ...]:
+    return tuple(f for f in FAMILIES if isinstance(f, TextEncoder))
+
+
 def _most_specific(candidates: list[tuple[int | None, Family]]) -> Family | None:
     found = [(depth, i, f) for i, (depth, f) in enumerate(candidates) if depth is not None]
     return min(found, key=lambda t: t[:2])[2] if found else None
@@ -45,10 +50,20 @@ def unet_family_of(model_config) -> UNetFamily | None:
     return _most_specific([(f.match_depth(model_config), f) for f in unet_families()])
 
 
+def text_encoder_of(hookpoint: str | None) -> TextEncoder | None:
+    """The text encoder whose layer ``hookpoint`` names, None for any other name."""
+    name = strip_prefix(hookpoint or "")
+    return next((e for e in text_encoders() if e.notation.diffusers(name)), None)
+
+
 def infer_model_family(hookpoint: str | None, d_in: int) -> str | None:
-    """A U-Net family's name when exactly one released layout has this block at this width, else None."""
+    """The text encoder of a text layer (clip_l, clip_g, t5); a U-Net family's name when exactly one released
+    layout has this block at this width; else None."""
     if not hookpoint:
         return None
+    encoder = text_encoder_of(hookpoint)
+    if encoder is not None:
+        return encoder.name
     fits = []
     for family in unet_families():
         name = family.notation.diffusers(strip_prefix(hookpoint))

@@ -3,6 +3,8 @@
 The SDXL layout is ``<hookpoint>_k10_hidden5120_auxk256_bs4096_lr0.0001/final/``; these SAEs encode the block
 *update* (output - input) of SDXL Turbo. The authors' Flux SAE (``antoniomari/SAE_flux_18``) has the same files at
 its repo root, whose name says nothing of the block: the table of known checkpoints (:mod:`..known`) gives it.
+Concept Steerers (``auxk_coef`` in the config) and Interpret-then-Deactivate (a ``stats_last_nonzero`` buffer in the
+state dict) save text-encoder SAEs in this layout; those encode the layer's output.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ...blocks.families import text_encoder_of
 from ...blocks.names import diffusers_name, hookpoint_of
 from ...errors import SAEFormatError
 from ..model import SparseAutoencoder
@@ -76,6 +79,6 @@ def load(path: Path) -> SparseAutoencoder:
         {"W_enc": "encoder.weight", "W_dec": "decoder.weight", "b_enc": "latent_bias", "b_dec": "pre_bias"},
         d, n, k, transposed=("W_dec",),
         stats={"mean": _stat(path, "mean.pt", n), "std": _stat(path, "std.pt", n)},
-        hookpoint=hook, input_kind="diff", source_format=NAME,
-        name=path.parent.name if path.name == "final" else path.name,
+        hookpoint=hook, input_kind="output" if text_encoder_of(hook) else "diff",  # text SAEs: the layer output
+        source_format=NAME, name=path.parent.name if path.name == "final" else path.name,
     )

@@ -2,7 +2,9 @@
 tests. Example workflows are run with their loaders swapped for these nodes (server_harness.tiny_prompt):
 CheckpointLoaderSimple -> SAELabTestTinyCheckpoint, UNETLoader -> SAELabTestTinyDiffusionModel,
 DualCLIPLoader / TripleCLIPLoader / CLIPLoader -> SAELabTestTinyTextEncoder, VAELoader -> SAELabTestTinyVAE,
-CLIPVisionLoader -> SAELabTestTinyCLIPVision."""
+CLIPVisionLoader -> SAELabTestTinyCLIPVision. Families ``sd15_clip`` and ``flux_clip`` are the tiny SD1.5 U-Net
+and Flux with a real (tiny) ComfyUI CLIP-L / CLIP-L + T5 instead of the bag-of-words text encoder, for the
+text-encoder workflows."""
 import os
 import sys
 
@@ -13,7 +15,9 @@ import tiny_models  # noqa: E402
 
 UNET_FAMILIES = ["sdxl", "sd15"]
 DIT_FAMILIES = ["flux", "sd3", "qwen_image"]
-FAMILIES = UNET_FAMILIES + DIT_FAMILIES
+REAL_CLIP_FAMILIES = {"sd15_clip": "sd15", "flux_clip": "flux"}  # with a real tiny CLIP (text-encoder workflows)
+FAMILIES = UNET_FAMILIES + DIT_FAMILIES + list(REAL_CLIP_FAMILIES)
+TEXT_WORKFLOW_CLIP = {"width": 64, "layers": 12}  # the tiny U-Nets' context width, SD1.5's 12 layers
 
 
 def _family_input():
@@ -21,18 +25,26 @@ def _family_input():
 
 
 def tiny_model(family):
+    family = REAL_CLIP_FAMILIES.get(family, family)
     if family in UNET_FAMILIES:
         return tiny_models.build_unet(family)
     return tiny_dit.build_dit(family)
 
 
 def tiny_text_encoder(family):
+    if family in REAL_CLIP_FAMILIES:
+        import tiny_text
+
+        if family == "flux_clip":  # CLIP-L's pooled vector and T5's tokens at the tiny Flux's widths
+            return tiny_text.build_flux_clip(clip_width=tiny_dit.POOLED, t5_width=tiny_dit.CONTEXT, t5_layers=24)
+        return tiny_text.build_sd1_clip(**TEXT_WORKFLOW_CLIP)
     if family in UNET_FAMILIES:
         return tiny_models.TinyTextEncoder()
     return tiny_models.TinyTextEncoder(context_dim=tiny_dit.CONTEXT, pooled_dim=tiny_dit.POOLED)
 
 
 def tiny_vae(family):
+    family = REAL_CLIP_FAMILIES.get(family, family)
     if family in UNET_FAMILIES:
         return tiny_models.build_vae()
     return tiny_dit.build_vae(family)
