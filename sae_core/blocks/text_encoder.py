@@ -23,7 +23,7 @@ from ..errors import SAEInputError
 from .family import Family
 from .layout import Block, BlockLayout
 from .notation import Notation, strip_prefix
-from .patch import for_sae
+from .patch import apply, for_sae
 
 CLIP_L_LAYERS = "text_encoder.text_model.encoder.layers."  # CLIP-L's canonical layer names
 TEXT_LAYER = "text_layer"  # Block.kind of a text-encoder layer: its module's forward is patched on a CLIP clone
@@ -166,8 +166,6 @@ class TextLayerView:
 
 def patched_layer_output(patch, output, ctx, returns_tuple: bool):
     """What a patched text layer returns for ``patch`` (a BlockPatch): its own output object when unchanged."""
-    from .patch import apply
-
     if not returns_tuple:
         return apply(patch, TextLayerView(output), ctx, output)
     x = output[0]

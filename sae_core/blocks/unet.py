@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from einops import rearrange
 from torch import Tensor
 
-from .patch import for_sae
+from .patch import apply, for_sae
 
 
 def to_tokens(t: Tensor) -> Tensor:
@@ -44,6 +44,4 @@ class UNetBlockView:
 
 def patched_output(patch, x_in: Tensor, y_out: Tensor, ctx) -> Tensor:
     """What a patched SpatialTransformer returns for ``patch`` (a BlockPatch): ``y_out`` itself when unchanged."""
-    from .patch import apply
-
     return apply(patch, UNetBlockView(x_in, y_out), ctx, y_out)
