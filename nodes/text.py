@@ -33,9 +33,9 @@ from ..sae_core.validate import check_choice, check_number, check_text
 from .base import SAENode, image_tensor, node_error
 from .sockets import SAE
 
-NODE = "SAE Text Steer"
 MAX_PROMPT = 20_000
 
+CLIP_HELP = "The text encoder (from a checkpoint or CLIP loader) whose layer the SAE reads."
 MODE_HELP = (
     "concept: Concept Steerers' direction of the concept prompt, added on every token (strength < 0 subtracts "
     "it). add: the features' directions on every token (strength x mean activation). scale: multiply the "
@@ -142,10 +142,11 @@ def prompt_tokens(clip, layer: Block, prompt: str) -> tuple[list[str], list[bool
     return texts, [i not in special and i >= 0 for i in ids[:end]]
 
 
-def layer_output_of(clip, layer: Block, prompt: str) -> torch.Tensor:
-    """(T, C): ``layer``'s output for ``prompt`` (its first chunk), encoded by a clone of ``clip``."""
+def layer_output_of(clip, layer: Block, prompt: str, label: str) -> torch.Tensor:
+    """(T, C): ``layer``'s output for ``prompt`` (its first chunk), encoded by a clone of ``clip`` (errors are named
+    by ``label``)."""
     capture = CaptureOutput()
-    probe = install_text_patch(clip, layer, capture, NODE)
+    probe = install_text_patch(clip, layer, capture, label)
     probe.encode_from_tokens(probe.tokenize(prompt))
     if capture.captured is None:
         raise SAEInputError(f"layer {layer.short} did not run while encoding the concept prompt")
@@ -157,7 +158,7 @@ class SAETextSteer(SAENode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SAETextSteer",
-            display_name=NODE,
+            display_name="SAE Text Steer",
             category="SAE Lab/text",
             description=(
                 "Steers a text encoder (CLIP-L, CLIP-G or T5) with an SAE on one of its layers, before CLIP Text "
@@ -165,7 +166,7 @@ class SAETextSteer(SAENode):
                 "clamp). The input CLIP is unchanged: encode the negative prompt with it to leave it untouched."
             ),
             inputs=[
-                io.Clip.Input("clip"),
+                io.Clip.Input("clip", tooltip=CLIP_HELP),
                 SAE.Input("sae"),
                 io.Combo.Input("mode", options=list(TEXT_MODES), default="concept", tooltip=MODE_HELP),
                 io.String.Input("concept", default="", multiline=True,
@@ -197,13 +198,13 @@ class SAETextSteer(SAENode):
             if not prompt:
                 raise SAEInputError("mode concept needs a concept prompt (e.g. 'snowy landscape'); or pick a "
                                     "feature mode and give feature ids")
-            direction = concept_direction(sae, layer_output_of(clip, target, prompt), strength)
+            direction = concept_direction(sae, layer_output_of(clip, target, prompt, cls.node_name()), strength)
             patch = ConceptSteerPatch(direction, idle=strength == 0.0)
         else:
             edits = parse_feature_list(features, sae.n_latents, strength, MAX_STRENGTH)
             patch = SteerPatch(FeatureSteering(sae, edits, mode), ALWAYS, "positive", None)
         patch, selections = select_tokens(clip, target, patch, words)
-        return io.NodeOutput(install_text_patch(clip, target, patch, NODE, selections))
+        return io.NodeOutput(install_text_patch(clip, target, patch, cls.node_name(), selections))
 
 
 class SAETextFeatures(SAENode):
@@ -219,7 +220,7 @@ class SAETextFeatures(SAENode):
                 "ready for SAE Text Steer."
             ),
             inputs=[
-                io.Clip.Input("clip"),
+                io.Clip.Input("clip", tooltip=CLIP_HELP),
                 SAE.Input("sae"),
                 io.String.Input("prompt", default="a photo of a cat", multiline=True,
                                 tooltip="The prompt to read (its first chunk of tokens)."),
@@ -245,7 +246,7 @@ class SAETextFeatures(SAENode):
             raise SAEInputError("prompt is empty; write the prompt whose tokens to read")
         target = resolve_layer(clip, sae, layer)
         tokens, words = prompt_tokens(clip, target, text)
-        found = token_features(sae, layer_output_of(clip, target, text), tokens, words, top_k)
+        found = token_features(sae, layer_output_of(clip, target, text, cls.node_name()), tokens, words, top_k)
         table = found.table()
         return io.NodeOutput(image_tensor(found.chart(target.short)), table, found.ids(),
                              ui=ui.PreviewText(f"{table}\n\ntop features: {found.ids()}"))
@@ -267,7 +268,7 @@ class SAETextErase(SAENode):
                 "prompt the concept's features change enough; other prompts are encoded exactly as before."
             ),
             inputs=[
-                io.Clip.Input("clip"),
+                io.Clip.Input("clip", tooltip=CLIP_HELP),
                 SAE.Input("sae"),
                 io.String.Input("target_prompts", default="a painting in the style of Van Gogh", multiline=True,
                                 tooltip="Prompts of the concept to erase, one per line."),
@@ -295,13 +296,14 @@ class SAETextErase(SAENode):
         if len(target) + len(remain) > MAX_ERASE_PROMPTS:
             raise SAEInputError(f"{len(target) + len(remain)} prompts given; at most {MAX_ERASE_PROMPTS} in all")
         layer_block = resolve_layer(clip, sae, layer)
-        target_acts = [layer_output_of(clip, layer_block, p) for p in target]
-        features = concept_features(sae, target_acts, [layer_output_of(clip, layer_block, p) for p in remain],
+        label = cls.node_name()
+        target_acts = [layer_output_of(clip, layer_block, p, label) for p in target]
+        features = concept_features(sae, target_acts, [layer_output_of(clip, layer_block, p, label) for p in remain],
                                     min(top_n, sae.n_latents))
         deactivation = Deactivation(sae, features, multiplier)
         patch = ErasePatch(deactivation, erase_threshold(deactivation, target_acts))
         ids = ", ".join(str(f) for f in features)
-        return io.NodeOutput(install_text_patch(clip, layer_block, patch, "SAE Text Erase"), ids,
+        return io.NodeOutput(install_text_patch(clip, layer_block, patch, label), ids,
                              ui=ui.PreviewText(f"{len(features)} features deactivated at {layer_block.short}: {ids}"))
 
 
