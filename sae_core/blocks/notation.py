@@ -105,7 +105,8 @@ class NumberedBlocks(Protocol):
     attribute: str
 
 
-def _numbered(prefixes: tuple[str, ...]) -> re.Pattern:
+def numbered(prefixes: tuple[str, ...]) -> re.Pattern:
+    """``<one of prefixes>.<i>``, capturing i: how every numbered block or layer list is named."""
     return re.compile(r"^(?:" + "|".join(re.escape(p) for p in prefixes) + r")\.(\d+)$")
 
 
@@ -116,8 +117,8 @@ class DiTNotation(Notation):
 
     def __init__(self, lists: tuple[NumberedBlocks, ...]):
         self.lists = lists
-        self._any = [(b, _numbered((b.diffusers, *b.short, b.attribute))) for b in lists]
-        self._canonical = [(b, _numbered((b.diffusers,))) for b in lists]
+        self._any = [(b, numbered((b.diffusers, *b.short, b.attribute))) for b in lists]
+        self._canonical = [(b, numbered((b.diffusers,))) for b in lists]
 
     def diffusers(self, name: str) -> str | None:
         for blocks, pattern in self._any:

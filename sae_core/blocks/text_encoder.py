@@ -22,15 +22,11 @@ from torch import Tensor
 from ..errors import SAEInputError
 from .family import Family
 from .layout import Block, BlockLayout
-from .notation import Notation, strip_prefix
+from .notation import Notation, numbered, strip_prefix
 from .patch import apply, for_sae
 
 CLIP_L_LAYERS = "text_encoder.text_model.encoder.layers."  # CLIP-L's canonical layer names
 TEXT_LAYER = "text_layer"  # Block.kind of a text-encoder layer: its module's forward is patched on a CLIP clone
-
-
-def _numbered(prefixes: tuple[str, ...]) -> re.Pattern:
-    return re.compile(r"^(?:" + "|".join(re.escape(p) for p in prefixes) + r")\.(\d+)$")
 
 
 class TextNotation(Notation):
@@ -41,8 +37,8 @@ class TextNotation(Notation):
     def __init__(self, encoder: TextEncoder):
         self.encoder = encoder
         e = encoder
-        self._any = _numbered((*e.diffusers, *e.short, f"{e.attribute}.{e.layers}"))
-        self._canonical = _numbered((e.diffusers[0],))
+        self._any = numbered((*e.diffusers, *e.short, f"{e.attribute}.{e.layers}"))
+        self._canonical = numbered((e.diffusers[0],))
 
     def diffusers(self, name: str) -> str | None:
         m = self._any.match(name)
