@@ -16,7 +16,7 @@ from . import folders
 
 log = logging.getLogger("sae_lab")
 service = AtlasService(lambda: folders.roots(folders.SAE_FOLDER))
-inspections = InspectService(service.labels_of)  # SAE Inspect publishes here; the inspect routes read
+inspections = InspectService(service.labels_of, service.has_previews)  # SAE Inspect publishes, the routes read
 
 
 def _error(exc: Exception) -> web.Response:

@@ -28,6 +28,7 @@ UI_ATLAS = "sae_lab_atlas"  # the atlas those ids belong to ("" when the SAE has
 UI_INSPECT = "sae_lab_inspect"  # SAE Inspect: the recording's id for the inspect routes and the images it covers
 INSPECT_NODE = "SAEInspect"
 INSPECT_MASK_WIDGETS = ("mask_features", "mask_step")  # the widgets the inspector fills to get a footprint MASK
+LABEL_EVENT = "sae-lab-label-saved"  # the window event the sidebar sends when a label is saved ({atlas, id, label})
 SIDEBAR_TAB = "sae-lab-atlas"
 STEER_NODE = "SAEFeatureSteer"
 
@@ -60,6 +61,7 @@ def shared() -> dict:
         "ui": {"text": UI_TEXT, "features": UI_FEATURES, "atlas": UI_ATLAS, "inspect": UI_INSPECT},
         "inspectNode": INSPECT_NODE,
         "inspectMaskWidgets": list(INSPECT_MASK_WIDGETS),
+        "labelEvent": LABEL_EVENT,
         "sidebarTab": SIDEBAR_TAB,
         "steerNode": STEER_NODE,
         "heatmap": {"colormap": HEATMAP_COLORMAP, "bins": render.HEATMAP_BINS, "alpha": render.HEATMAP_ALPHA,

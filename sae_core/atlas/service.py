@@ -96,6 +96,11 @@ class AtlasService:
         shown = atlas.shown_labels()
         return {f: shown[f].text for f in features if f in shown and shown[f].text}
 
+    def has_previews(self, name: str) -> bool:
+        """Whether atlas ``name`` has published feature pictures (the preview route answers for it)."""
+        atlas = self._atlas(resolve_atlas_name(name, self.roots()))
+        return source_for(atlas.meta, name, atlas.n_latents) is not None
+
     def _preview_info(self, atlas: FeatureAtlas, name: str) -> dict | None:
         """What the browser needs to show pictures: the source, and whether missing ones can be downloaded now."""
         source = source_for(atlas.meta, name, atlas.n_latents)

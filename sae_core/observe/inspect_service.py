@@ -33,10 +33,13 @@ class UnknownInspection(SAEInputError):
 class InspectService:
     """The inspections of this server, newest last, and the requests about them.
 
-    ``labels(atlas, features)`` returns {feature: label} from the SAE's atlas ({} without one)."""
+    ``labels(atlas, features)`` returns {feature: label} from the SAE's atlas, ``previews(atlas)`` whether the
+    atlas has published feature pictures."""
 
-    def __init__(self, labels: Callable[[str, list[int]], dict[int, str]], keep: int = KEEP_RECORDINGS):
+    def __init__(self, labels: Callable[[str, list[int]], dict[int, str]],
+                 previews: Callable[[str], bool] = lambda atlas: False, keep: int = KEEP_RECORDINGS):
         self.labels = labels
+        self.previews = previews
         self.keep = keep
         self._items: OrderedDict[str, tuple[Inspection, str]] = OrderedDict()
         self._lock = threading.Lock()  # the node runs in ComfyUI's worker thread, the routes in the server's
@@ -74,12 +77,19 @@ class InspectService:
         except SAEInputError:
             return {}
 
+    def _previews(self, atlas: str) -> bool:
+        try:
+            return bool(atlas) and self.previews(atlas)
+        except SAEInputError:
+            return False
+
     def recording(self, params: Mapping[str, str]) -> dict:
         """The whole payload of one inspection, with the labels of the features that fire in it."""
         inspection, atlas = self._get(params)
         answer = inspection.to_json()
         labels = self._labels(atlas, inspection.features())
-        answer.update(atlas=atlas, labels={str(f): text for f, text in labels.items()})
+        answer.update(atlas=atlas, labels={str(f): text for f, text in labels.items()},
+                      previews=self._previews(atlas))
         return answer
 
     def pixel(self, params: Mapping[str, str]) -> dict:

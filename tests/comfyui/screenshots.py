@@ -303,13 +303,16 @@ def node_text_problems(page, node_id) -> list[str]:
 
 
 # ------------------------------------------------------------------ a tiny run shown on the canvas
-def run_in_page(page, server: ComfyServer, workflow: Path, timeout: float = 600) -> dict:
+def run_in_page(page, server: ComfyServer, workflow: Path, timeout: float = 600, edit=None) -> dict:
     """Load ``workflow`` on the canvas and run it on the tiny models for this page's client, so that the frontend
-    gets the executed messages and shows the outputs on the nodes as it does after Queue."""
+    gets the executed messages and shows the outputs on the nodes as it does after Queue. ``edit(prompt)`` may
+    change the API prompt first (more steps, say)."""
     load_workflow(page, workflow)
     client_id = page.evaluate("() => app.api?.clientId ?? app.api?.initialClientId ?? "
                               "sessionStorage.getItem('clientId')")
     prompt = tiny_prompt(workflow, server.object_info)
+    if edit is not None:
+        edit(prompt)
     status, answer = server.post("/prompt", {"prompt": prompt, "client_id": client_id or str(uuid.uuid4())})
     assert status == 200, answer
     entry = _wait(server, answer, timeout)

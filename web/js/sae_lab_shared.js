@@ -28,6 +28,7 @@ export const SHARED = Object.freeze({
     "mask_features",
     "mask_step"
   ],
+  "labelEvent": "sae-lab-label-saved",
   "sidebarTab": "sae-lab-atlas",
   "steerNode": "SAEFeatureSteer",
   "heatmap": {
