@@ -323,7 +323,7 @@ class SAEInspect(SAENode):
         atlas = atlas_name_for(getattr(recording, "sae_path", None), folders.roots(folders.SAE_FOLDER)) or ""
         key = routes.inspections.publish(inspection, atlas)
         saved = ui.ImageSaveHelper.save_images(image, filename_prefix=f"SAE_inspect_{secrets.token_hex(4)}",
-                                               folder_type=ui.FolderType.temp, cls=cls)
+                                               folder_type=io.FolderType.temp, cls=cls)
         return io.NodeOutput(torch.from_numpy(masks), ui=inspect_ui(key, [dict(r) for r in saved]))
 
 

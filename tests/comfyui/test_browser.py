@@ -351,8 +351,18 @@ def _hover(page, node_id, x: int, y: int, click: bool = False) -> list[tuple[int
         return [r.left + (x + 0.5) * r.width / width, r.top + (y + 0.5) * r.height / height];
     }}""", [x, y])
     (page.mouse.click if click else page.mouse.move)(*point)
-    page.wait_for_function(f"() => document.querySelector('[data-testid=sae-inspect-where]').textContent"
-                           f".startsWith('pixel ({x}, {y})')")
+    under = page.evaluate("([x, y]) => { const e = document.elementFromPoint(x, y); "
+                          "return e ? `${e.tagName}.${e.className} ${JSON.stringify(e.getBoundingClientRect())}` : ''; }",
+                          point)
+    try:
+        page.wait_for_function(f"() => document.querySelector('[data-testid=sae-inspect-where]').textContent"
+                           f".startsWith('pixel ({x}, {y})')", timeout=5_000)
+    except Exception:
+        pytest.fail(f"{point} is over {under}; " + page.evaluate(f"""() => {{
+            const i = app.graph.getNodeById({node_id!r}).saeInspector;
+            try {{ i.hover({{clientX: {point[0]}, clientY: {point[1]}}}, false); }} catch (e) {{ return 'ERR ' + e.stack; }}
+            return i.where.textContent + ' pos ' + i.position + ' ' + JSON.stringify(i.payload.image_size) + ' locked ' + i.locked;
+        }}""") + str(page.watch.console[-5:]))
     return page.evaluate("""() => Array.from(document.querySelectorAll('.sae-inspect-row')).map(
         (r) => [Number(r.dataset.feature), Number(r.dataset.activation), Number(r.dataset.fraction)])""")
 
