@@ -314,6 +314,16 @@ def _two_steps(prompt: dict) -> None:
             node["inputs"]["steps"] = 2
 
 
+# the whole picture is on the inspector's widget (not clipped by a node still at its size before the picture)
+_INSPECTOR_SHOWN = """() => {
+    const i = app.graph.getNodeById(NODE).saeInspector;
+    const p = i.picture.getBoundingClientRect(), w = i.root.getBoundingClientRect();
+    const inside = (x, y) => i.stage.contains(document.elementFromPoint(x, y));
+    return p.height > 50 && p.bottom <= w.bottom + 1 && inside(p.left + 1, p.top + 1)
+        && inside(p.right - 1, p.bottom - 1);
+}"""
+
+
 @pytest.fixture(scope="module")
 def inspected(server, page):
     """The explore example run on the canvas at 2 steps (once): the SAE Inspect node's id, its payload as the route
@@ -326,7 +336,9 @@ def inspected(server, page):
         const i = app.graph.getNodeById({node_id!r})?.saeInspector;
         return i?.payload && i.picture.complete && i.picture.naturalWidth > 0;
     }}""", timeout=30_000)
-    screenshots.frame_nodes(page, [node_id])
+    for _ in range(2):  # in view, the node fits itself to the loaded picture; framed again at its new size
+        screenshots.frame_nodes(page, [node_id])
+        page.wait_for_function(_INSPECTOR_SHOWN.replace("NODE", repr(node_id)), timeout=10_000)
     payload = server.get(f"/sae_lab/inspect/recording?id={key}")
 
     def reference(x: int, y: int, step: int) -> list[tuple[int, float, float]]:
@@ -351,18 +363,8 @@ def _hover(page, node_id, x: int, y: int, click: bool = False) -> list[tuple[int
         return [r.left + (x + 0.5) * r.width / width, r.top + (y + 0.5) * r.height / height];
     }}""", [x, y])
     (page.mouse.click if click else page.mouse.move)(*point)
-    under = page.evaluate("([x, y]) => { const e = document.elementFromPoint(x, y); "
-                          "return e ? `${e.tagName}.${e.className} ${JSON.stringify(e.getBoundingClientRect())}` : ''; }",
-                          point)
-    try:
-        page.wait_for_function(f"() => document.querySelector('[data-testid=sae-inspect-where]').textContent"
+    page.wait_for_function(f"() => document.querySelector('[data-testid=sae-inspect-where]').textContent"
                            f".startsWith('pixel ({x}, {y})')", timeout=5_000)
-    except Exception:
-        pytest.fail(f"{point} is over {under}; " + page.evaluate(f"""() => {{
-            const i = app.graph.getNodeById({node_id!r}).saeInspector;
-            try {{ i.hover({{clientX: {point[0]}, clientY: {point[1]}}}, false); }} catch (e) {{ return 'ERR ' + e.stack; }}
-            return i.where.textContent + ' pos ' + i.position + ' ' + JSON.stringify(i.payload.image_size) + ' locked ' + i.locked;
-        }}""") + str(page.watch.console[-5:]))
     return page.evaluate("""() => Array.from(document.querySelectorAll('.sae-inspect-row')).map(
         (r) => [Number(r.dataset.feature), Number(r.dataset.activation), Number(r.dataset.fraction)])""")
 
@@ -380,8 +382,11 @@ def test_inspect_lists_the_recorded_features_under_the_mouse(page, inspected):
             assert act == pytest.approx(want_act, rel=1e-3, abs=1e-3) and frac == pytest.approx(want_frac)
         listed_any |= bool(listed)
     assert listed_any
-    # the atlas's labels come with the payload (the paper atlas labels every 97th feature)
-    assert payload["labels"] and all(int(f) % 97 == 0 or int(f) in (CARTOON, TIGER, EVIL) for f in payload["labels"])
+    # the atlas's labels of the features that fire come with the payload (the paper atlas labels every 97th
+    # feature and three named ones; a label saved in the sidebar is checked below)
+    fired = {int(f) for frame in payload["frames"] for f, v in zip(*map(np.ravel, decode_frame(payload, frame)))
+             if v > 0}
+    assert {int(f) for f in payload["labels"]} == {f for f in fired if f % 97 == 0 or f in (CARTOON, TIGER, EVIL)}
 
 
 def test_inspect_overlays_a_feature_pins_it_steers_and_masks(page, inspected):
@@ -411,7 +416,8 @@ def test_inspect_overlays_a_feature_pins_it_steers_and_masks(page, inspected):
     colors = np.array(heatmap_bin_colors())
     assert (drawn[..., 3][bins == 0] == 0).all() and (bins > 0).any()
     assert (drawn[..., 3][bins > 0] == round(255 * 0.6)).all()
-    np.testing.assert_array_equal(drawn[..., :3][bins > 0], colors[bins[bins > 0]])
+    # (a canvas keeps colours premultiplied by alpha: read back, they may be 1-2 levels off)
+    np.testing.assert_allclose(drawn[..., :3][bins > 0], colors[bins[bins > 0]], atol=2)
     box = page.evaluate("""() => ['sae-inspect-overlay', 'sae-inspect-picture'].map((t) => {
         const r = document.querySelector(`[data-testid=${t}]`).getBoundingClientRect();
         return [r.left, r.top, r.width, r.height]; })""")

@@ -105,20 +105,27 @@ class Inspector {
     this.picture = h("img", { class: "sae-inspect-picture", testid: "sae-inspect-picture", alt: "generated image",
                               draggable: "false" });
     this.overlay = h("canvas", { class: "sae-inspect-overlay", testid: "sae-inspect-overlay" });
-    this.stage = h("div", { class: "sae-inspect-stage", onmousemove: (e) => this.hover(e, false),
-                            onclick: (e) => this.hover(e, true) }, this.picture, this.overlay);
+    // pointer events: their coordinates are fractional (a mouse event's are whole pixels, a pixel off on a
+    // picture drawn smaller than its size); a click keeps the point the pointer last moved to
+    this.stage = h("div", { class: "sae-inspect-stage",
+                            onpointermove: (e) => { this.pointer = e; this.hover(e, false); },
+                            onclick: (e) => this.hover(this.pointer ?? e, true) }, this.picture, this.overlay);
     this.where = h("div", { class: "sae-inspect-where", testid: "sae-inspect-where" },
                    "Hover the image to see the features that fire there; click it to keep that pixel.");
     this.list = h("div", { class: "sae-inspect-list", testid: "sae-inspect-list" });
     this.pins = h("div", { class: "sae-inspect-pins", testid: "sae-inspect-pinned" });
     this.message = h("div", { class: "sae-inspect-message", testid: "sae-inspect-message" });
-    this.root = h("div", { class: "sae-inspect", testid: "sae-inspect" },
+    // the body's height is its content's (the widget's element is stretched to the height the node gives it)
+    this.body = h("div", { class: "sae-inspect-body" },
       h("div", { class: "sae-inspect-controls" }, "step ", this.step, this.stepLabel, " pass ", this.passSelect,
         " image ", this.imageSelect),
       this.stage, this.where, this.list, this.pins, this.message);
-    // a click on our buttons may select this node: remember the Steer nodes selected before it
+    this.root = h("div", { class: "sae-inspect", testid: "sae-inspect" }, this.body);
+    // a click in this widget may select this node (and deselect the rest): remember the Steer nodes selected
+    // before it, kept until others are selected
     this.root.addEventListener("pointerdown", () => {
-      this.steerNodes = window.SAELab?.selectedSteerNodes?.() ?? [];
+      const selected = window.SAELab?.selectedSteerNodes?.() ?? [];
+      if (selected.length) this.steerNodes = selected;
     }, true);
   }
 
@@ -305,7 +312,8 @@ class Inspector {
   }
 
   steer(id) {
-    const count = window.SAELab?.sendToSteer?.(id, this.steerNodes) ?? 0;
+    const nodes = this.steerNodes.filter((n) => app.graph.getNodeById(n.id) === n); // not removed since
+    const count = window.SAELab?.sendToSteer?.(id, nodes) ?? 0;
     this.say(count ? `Feature ${id} set on ${count} SAE Feature Steer node${count > 1 ? "s" : ""}.`
       : `Select an "SAE Feature Steer" node on the canvas first, then click Steer again.`);
   }
@@ -332,9 +340,9 @@ class Inspector {
 }
 
 const STYLE = `
-.sae-inspect { position: relative; display: flex; flex-direction: column; gap: 4px; font-size: 11px;
-  color: var(--fg-color);
-  box-sizing: border-box; min-width: 0; overflow: hidden; }
+.sae-inspect { position: relative; font-size: 11px; color: var(--fg-color); box-sizing: border-box; min-width: 0;
+  overflow: hidden; }
+.sae-inspect-body { display: flex; flex-direction: column; gap: 4px; }
 .sae-inspect * { box-sizing: border-box; }
 .sae-inspect-controls { display: flex; align-items: center; gap: 4px; flex-wrap: wrap; }
 .sae-inspect-controls input[type=range] { flex: 1 1 80px; min-width: 60px; }
@@ -345,7 +353,8 @@ const STYLE = `
 .sae-inspect-overlay { position: absolute; inset: 0; width: 100%; height: 100%; image-rendering: pixelated;
   pointer-events: none; }
 .sae-inspect-where, .sae-inspect-message { opacity: 0.85; overflow-wrap: anywhere; }
-.sae-inspect-list { display: flex; flex-direction: column; gap: 2px; max-height: 180px; overflow: auto; }
+/* a fixed height, so that hovering does not resize the node */
+.sae-inspect-list { display: flex; flex-direction: column; gap: 2px; height: 180px; overflow: auto; }
 .sae-inspect-row { display: flex; align-items: center; gap: 6px; padding: 1px 4px; border-radius: 3px; cursor: pointer;
   background: var(--comfy-input-bg); min-width: 0; }
 .sae-inspect-row.sae-inspect-shown { outline: 1px solid #3a7bd5; }
@@ -368,20 +377,27 @@ function inspectorOf(node) {
   if (!node.saeInspector) {
     const inspector = new Inspector(node);
     node.saeInspector = inspector;
-    // as tall as its content: the picture at the node's width, the list and the pins under it
+    // as tall as its content: the picture at the node's width, the list and the pins under it. A widget whose
+    // node is off the screen is hidden and measures 0: then the last height measured holds.
+    let height = 132;
     const needed = () => {
-      const last = inspector.root.lastElementChild;
-      return Math.max(last.offsetTop + last.offsetHeight, 120) + 12;
+      const measured = inspector.body.offsetHeight;
+      if (measured > 0) height = measured + 12;
+      return height;
     };
     node.addDOMWidget(WIDGET, "sae_lab", inspector.root, { serialize: false, hideOnZoom: false, margin: 4,
                                                            getMinHeight: needed, getMaxHeight: needed });
+    // the picture loading, pins, a wider node, or the node coming into view: fit the node to its content again
+    new ResizeObserver(() => { if (inspector.body.offsetHeight > 0) fit(node); }).observe(inspector.body);
   }
   return node.saeInspector;
 }
 
 function fit(node) {
   requestAnimationFrame(() => {
-    node.setSize([Math.max(node.size[0], MIN_WIDTH), node.computeSize([node.size[0], node.size[1]])[1]]);
+    const size = [Math.max(node.size[0], MIN_WIDTH), node.computeSize([node.size[0], node.size[1]])[1]];
+    if (size[0] === node.size[0] && size[1] === node.size[1]) return;
+    node.setSize(size);
     node.setDirtyCanvas?.(true, true);
   });
 }
@@ -402,7 +418,6 @@ app.registerExtension({
       const entry = message?.[SHARED.ui.inspect]?.[0];
       if (!entry) return;
       const inspector = inspectorOf(this);
-      inspector.picture.onload = () => fit(this);
       inspector.load(entry).then(() => fit(this)).catch((err) => inspector.say(err.message));
     };
   },
