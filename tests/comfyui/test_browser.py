@@ -22,7 +22,7 @@ if CHROMIUM is None:
 
 import screenshots  # noqa: E402
 from screenshots import (CARTOON, EVIL, PAPER_ATLAS, PREVIEW_COLORS, STRIPES, TIGER, TINY_ATLAS,  # noqa: E402
-                         open_page, scene_server)
+                         hover_inspector, open_page, scene_server)
 
 from sae_core.frontend import heatmap_bin_colors  # noqa: E402
 from sae_core.observe.inspect import decode_frame  # noqa: E402
@@ -308,37 +308,15 @@ def test_screenshots_at_small_size_pass_the_pixel_and_dom_checks(server, browser
 
 
 # ------------------------------------------------------------------ SAE Inspect on the canvas
-def _two_steps(prompt: dict) -> None:
-    for node in prompt.values():
-        if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = 2
-
-
-# the whole picture is on the inspector's widget (not clipped by a node still at its size before the picture)
-_INSPECTOR_SHOWN = """() => {
-    const i = app.graph.getNodeById(NODE).saeInspector;
-    const p = i.picture.getBoundingClientRect(), w = i.root.getBoundingClientRect();
-    const inside = (x, y) => i.stage.contains(document.elementFromPoint(x, y));
-    return p.height > 50 && p.bottom <= w.bottom + 1 && inside(p.left + 1, p.top + 1)
-        && inside(p.right - 1, p.bottom - 1);
-}"""
-
-
 @pytest.fixture(scope="module")
 def inspected(server, page):
     """The explore example run on the canvas at 2 steps (once): the SAE Inspect node's id, its payload as the route
     serves it, and the features the route lists at a pixel, the reference the widget is checked against."""
     screenshots.close_sidebar(page)
-    entry = screenshots.run_in_page(page, server, screenshots.EXPLORE, edit=_two_steps)
+    entry = screenshots.run_in_page(page, server, screenshots.EXPLORE, edit=screenshots.steps(2))
     node_id = screenshots.nodes_of(page, "SAEInspect")[0]
     key = entry["outputs"][str(node_id)]["sae_lab_inspect"][0]["id"]
-    page.wait_for_function(f"""() => {{
-        const i = app.graph.getNodeById({node_id!r})?.saeInspector;
-        return i?.payload && i.picture.complete && i.picture.naturalWidth > 0;
-    }}""", timeout=30_000)
-    for _ in range(2):  # in view, the node fits itself to the loaded picture; framed again at its new size
-        screenshots.frame_nodes(page, [node_id])
-        page.wait_for_function(_INSPECTOR_SHOWN.replace("NODE", repr(node_id)), timeout=10_000)
+    screenshots.show_inspector(page, node_id)
     payload = server.get(f"/sae_lab/inspect/recording?id={key}")
 
     def reference(x: int, y: int, step: int) -> list[tuple[int, float, float]]:
@@ -354,28 +332,13 @@ def inspected(server, page):
             "labels": lambda: server.get(f"/sae_lab/inspect/recording?id={key}")["labels"]}
 
 
-def _hover(page, node_id, x: int, y: int, click: bool = False) -> list[tuple[int, float, float]]:
-    """Move the mouse over image pixel (x, y) of the inspector; the features it lists (id, activation, fraction)."""
-    point = page.evaluate(f"""([x, y]) => {{
-        const i = app.graph.getNodeById({node_id!r}).saeInspector;
-        const r = i.picture.getBoundingClientRect();
-        const [height, width] = i.payload.image_size;
-        return [r.left + (x + 0.5) * r.width / width, r.top + (y + 0.5) * r.height / height];
-    }}""", [x, y])
-    (page.mouse.click if click else page.mouse.move)(*point)
-    page.wait_for_function(f"() => document.querySelector('[data-testid=sae-inspect-where]').textContent"
-                           f".startsWith('pixel ({x}, {y})')", timeout=5_000)
-    return page.evaluate("""() => Array.from(document.querySelectorAll('.sae-inspect-row')).map(
-        (r) => [Number(r.dataset.feature), Number(r.dataset.activation), Number(r.dataset.fraction)])""")
-
-
 def test_inspect_lists_the_recorded_features_under_the_mouse(page, inspected):
     payload = inspected["payload"]
     assert payload["steps"] == [0, 1] and payload["atlas"] == PAPER_ATLAS and payload["passes"] == ["positive"]
     height, width = payload["image_size"]
     listed_any = False
     for x, y in ((0, 0), (width // 2, height // 3), (width - 1, height - 1)):
-        listed = _hover(page, inspected["node"], x, y)
+        listed = hover_inspector(page, inspected["node"], x, y)
         expected = inspected["reference"](x, y, 0)
         assert [f for f, _, _ in listed] == [f for f, _, _ in expected], (x, y)
         for (_, act, frac), (_, want_act, want_frac) in zip(listed, expected):
@@ -399,7 +362,7 @@ def test_inspect_overlays_a_feature_pins_it_steers_and_masks(page, inspected):
         return node.id;
     }""")
     height, width = inspected["payload"]["image_size"]
-    listed = _hover(page, node, width // 2, height // 2, click=True)  # the click keeps this pixel listed
+    listed = hover_inspector(page, node, width // 2, height // 2, click=True)  # the click keeps this pixel listed
     assert len(listed) >= 2
     first, second = listed[0][0], listed[1][0]
     page.click(f"[data-testid=sae-inspect-feature-{first}] .sae-inspect-id")
@@ -449,7 +412,7 @@ def test_inspect_opens_a_feature_in_the_sidebar_and_shows_the_label_saved_there(
     height, width = inspected["payload"]["image_size"]
     page.evaluate("""() => { const s = document.querySelector('[data-testid=sae-inspect-step]');
                              s.value = '0'; s.dispatchEvent(new Event('input')); }""")
-    listed = _hover(page, node, width // 3, height // 2, click=True)
+    listed = hover_inspector(page, node, width // 3, height // 2, click=True)
     feature = listed[0][0]
     page.click(f"[data-testid=sae-inspect-atlas-{feature}]")
     page.wait_for_function(f"() => document.querySelector('.sae-lab-panel h3')?.textContent"
