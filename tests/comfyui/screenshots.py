@@ -497,8 +497,11 @@ def take(page, server: ComfyServer, out_dir: Path, canvas_workflows=CANVAS_SHOTS
     show_inspector(page, inspect)
     height, width = page.evaluate("(id) => app.graph.getNodeById(id).saeInspector.payload.image_size", inspect)
     listed = hover_inspector(page, inspect, width // 2, height // 3, click=True)
-    for feature, _, _ in listed[:2]:  # pinned: the second's heatmap over the picture, both beside it
+    # the two most localized features pinned (the second's heatmap over the picture, both under it)
+    for feature, _, _ in sorted(listed, key=lambda row: row[2])[:2][::-1]:
         page.click(f"[data-testid=sae-inspect-pin-{feature}]")
+    frame_nodes(page, [inspect])  # taller now, with the pins
+    page.wait_for_function(INSPECTOR_SHOWN, arg=inspect, timeout=10_000)
     dismiss_toasts(page)
     shot("inspect", inspector_problems(page, inspect))
     return shots
