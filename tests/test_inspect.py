@@ -95,6 +95,13 @@ def test_an_image_of_another_aspect_ratio_or_too_many_frames_is_refused(recordin
     monkeypatch.setattr(inspect, "MAX_FRAMES", 5)
     with pytest.raises(SAEInputError, match="12 frames"):
         inspect_recording(recording, (32, 48))
+    monkeypatch.setattr(inspect, "MAX_FRAMES", 4096)
+    codes = 12 * 24 * K * 6  # 12 frames of 24 positions x K codes, 6 bytes each (float16 value, id)
+    monkeypatch.setattr(inspect, "MAX_PAYLOAD_BYTES", codes)
+    assert len(inspect_recording(recording, (32, 48)).frames) == 12
+    monkeypatch.setattr(inspect, "MAX_PAYLOAD_BYTES", codes - 1)
+    with pytest.raises(SAEInputError, match="codes exceed"):
+        inspect_recording(recording, (32, 48))
 
 
 def test_footprint_mask_joins_features_each_by_its_own_peak(recording):

@@ -36,8 +36,8 @@ class Frame:
     pass_name: str
     image: int
     step: int
-    values: torch.Tensor   # float32, each position's strongest first
-    indices: torch.Tensor  # int64
+    values: torch.Tensor   # float16 (as sent), each position's strongest first
+    indices: torch.Tensor  # int32: the server keeps 6 bytes per (id, value), as it sends
 
     def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(feature ids, number of positions where each fires), ids ascending: the localization scores."""
@@ -152,8 +152,8 @@ def inspect_recording(recording: Recording, image_size: tuple[int, int]) -> Insp
                     continue  # a row of another size (an area conditioning): not on the image's grid
                 code = analysis.aggregated_code(selection, k)
                 positions = grid[0] * grid[1]
-                frames.append(Frame(pass_name, image, step, code.values.reshape(positions, -1).float(),
-                                    code.indices.reshape(positions, -1).long()))
+                frames.append(Frame(pass_name, image, step, code.values.reshape(positions, -1).half(),
+                                    code.indices.reshape(positions, -1).int()))
                 if sum(f.values.numel() for f in frames) * 6 > MAX_PAYLOAD_BYTES:
                     raise SAEInputError(f"the recording's codes exceed {MAX_PAYLOAD_BYTES // 2**20} MB, more than the "
                                         f"inspector sends to a browser: record fewer steps or a smaller batch")
