@@ -12,7 +12,8 @@ const STEER_NODE = SHARED.steerNode;
 const PAGE = 120;
 const state = { atlas: "", query: "", sort: "firing_rate", detail: null, root: null, message: "", shown: 0, seq: 0 };
 
-function h(tag, attrs = {}, ...children) {
+// An element with attributes ("on..." listeners, "testid" -> data-testid) and children; the inspector uses it too.
+export function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (key.startsWith("on")) node.addEventListener(key.slice(2).toLowerCase(), value);

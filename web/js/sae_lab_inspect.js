@@ -5,25 +5,13 @@
 // as sparse codes (sae_core/observe/inspect.py), from the inspect route by the id the node issued.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { h } from "./sae_lab_atlas.js";
 import { SHARED } from "./sae_lab_shared.js";
 
 const WIDGET = "sae_lab_inspect";
 const [MASK_FEATURES, MASK_STEP] = SHARED.inspectMaskWidgets;
 const { bins: BINS, alpha: ALPHA, colors: BIN_COLORS } = SHARED.heatmap;
 const MIN_WIDTH = 420;
-
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key.startsWith("on")) node.addEventListener(key.slice(2).toLowerCase(), value);
-    else if (key === "testid") node.dataset.testid = value;
-    else if (value !== undefined && value !== null) node.setAttribute(key, value);
-  }
-  for (const child of children.flat()) {
-    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
-}
 
 // ------------------------------------------------------------------ the payload
 function bytesOf(base64) {
