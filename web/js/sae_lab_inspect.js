@@ -95,10 +95,12 @@ class Inspector {
                               draggable: "false" });
     this.overlay = h("canvas", { class: "sae-inspect-overlay", testid: "sae-inspect-overlay" });
     // pointer events: their coordinates are fractional (a mouse event's are whole pixels, a pixel off on a
-    // picture drawn smaller than its size); a click keeps the point the pointer last moved to
+    // picture drawn smaller than its size); a click keeps the point the pointer last moved to, when it is there
+    const near = (a, b) => a && Math.abs(a.clientX - b.clientX) < 1 && Math.abs(a.clientY - b.clientY) < 1;
     this.stage = h("div", { class: "sae-inspect-stage",
                             onpointermove: (e) => { this.pointer = e; this.hover(e, false); },
-                            onclick: (e) => this.hover(this.pointer ?? e, true) }, this.picture, this.overlay);
+                            onclick: (e) => this.hover(near(this.pointer, e) ? this.pointer : e, true) },
+                   this.picture, this.overlay);
     this.where = h("div", { class: "sae-inspect-where", testid: "sae-inspect-where" },
                    "Hover the image to see the features that fire there; click it to keep that pixel.");
     this.list = h("div", { class: "sae-inspect-list", testid: "sae-inspect-list" });
