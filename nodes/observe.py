@@ -10,6 +10,8 @@ sampling and makes ComfyUI re-run them whenever the sampling re-ran.
 """
 from __future__ import annotations
 
+import secrets
+
 import comfy.patcher_extension
 import numpy as np
 import torch
@@ -17,12 +19,14 @@ from comfy_api.latest import io, ui
 
 from ..sae_core.atlas.feature_atlas import atlas_name_for
 from ..sae_core.errors import SAEInputError
-from ..sae_core.frontend import feature_table_ui
+from ..sae_core.frontend import feature_table_ui, inspect_ui
 from ..sae_core.observe import analysis, pictures
+from ..sae_core.observe.inspect import footprint_masks, inspect_recording
 from ..sae_core.observe.recording import Recording, RecordPatch
 from ..sae_core.render import COLORMAPS
+from ..sae_core.sae.feature_ids import parse_feature_list
 from ..sae_core.validate import check_choice, check_number
-from . import folders
+from . import folders, routes
 from .base import SAENode, image_tensor
 from .patching import install_block_patch, resolve_block
 from .sockets import RECORDING, SAE, block_input
@@ -276,4 +280,51 @@ class SAEFeatureTimeline(SAENode):
         return io.NodeOutput(image_tensor(chart), table, ui=ui.PreviewText(table))
 
 
-NODES = [SAERecordActivations, SAETopFeatures, SAEFeatureHeatmap, SAEFeatureTimeline]
+class SAEInspect(SAENode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAEInspect",
+            display_name="SAE Inspect",
+            category=CATEGORY,
+            is_output_node=True,
+            description=(
+                "An interactive inspector on the generated image: hover a pixel to list the features that fire "
+                "there (activation, label from the SAE's atlas, and the fraction of the image where each fires), "
+                "click one to overlay its heatmap, pin several to compare, scrub the steps, send a feature to the "
+                "selected SAE Feature Steer node, or fill mask_features to get its footprint as a MASK."
+            ),
+            inputs=[
+                RECORDING.Input("recording", tooltip=RECORDING_HELP),
+                io.Image.Input("image", tooltip="The decoded images of the recorded sampling run."),
+                io.String.Input("mask_features", default="",
+                                tooltip="Feature ids for the MASK output ('4998, 2301'; the inspector's Mask "
+                                        "button fills this). Empty = an empty mask."),
+                io.Int.Input("mask_step", default=-1, min=-1, max=10000,
+                             tooltip="Step of the MASK's maps (0 = first), or -1 for the maps averaged over all "
+                                     "steps."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="mask",
+                               tooltip="Where mask_features fire (positive pass), each feature's map / its peak, "
+                                       "joined by their maximum, at image size, in [0, 1]."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, recording, image, mask_features: str = "", mask_step: int = -1) -> io.NodeOutput:
+        analysis.check_ready(recording, None, image, cls.node_name())
+        check_number("mask_step", mask_step, -1, 10000, integer=True)
+        features = ([e.feature for e in parse_feature_list(mask_features, recording.n_latents, 0.0)]
+                    if mask_features.strip() else [])
+        height, width = int(image.shape[1]), int(image.shape[2])
+        inspection = inspect_recording(recording, (height, width))
+        masks = footprint_masks(recording, features, mask_step, height, width, inspection.passes[0])
+        atlas = atlas_name_for(getattr(recording, "sae_path", None), folders.roots(folders.SAE_FOLDER)) or ""
+        key = routes.inspections.publish(inspection, atlas)
+        saved = ui.ImageSaveHelper.save_images(image, filename_prefix=f"SAE_inspect_{secrets.token_hex(4)}",
+                                               folder_type=io.FolderType.temp, cls=cls)
+        return io.NodeOutput(torch.from_numpy(masks), ui=inspect_ui(key, [dict(r) for r in saved]))
+
+
+NODES = [SAERecordActivations, SAETopFeatures, SAEFeatureHeatmap, SAEFeatureTimeline, SAEInspect]

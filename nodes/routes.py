@@ -1,4 +1,5 @@
-"""HTTP routes of the feature browser on ComfyUI's server (the logic is sae_core.atlas.service)."""
+"""HTTP routes of the feature browser and the inspector on ComfyUI's server (the logic is sae_core.atlas.service
+and sae_core.observe.inspect_service)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,16 +10,19 @@ from aiohttp import web
 from ..sae_core.atlas.previews import PreviewUnavailable
 from ..sae_core.atlas.service import MAX_LABEL_BODY, AtlasService
 from ..sae_core.errors import SAEError
-from ..sae_core.frontend import ATLAS_ROUTES, POST_ROUTES, PREVIEW_MISSING_PARAM
+from ..sae_core.frontend import ATLAS_ROUTES, INSPECT_ROUTES, POST_ROUTES, PREVIEW_MISSING_PARAM
+from ..sae_core.observe.inspect_service import InspectService, UnknownInspection
 from . import folders
 
 log = logging.getLogger("sae_lab")
 service = AtlasService(lambda: folders.roots(folders.SAE_FOLDER))
+inspections = InspectService(service.labels_of, service.has_previews)  # SAE Inspect publishes, the routes read
 
 
 def _error(exc: Exception) -> web.Response:
     missing = ("no atlas named", "has no thumbnail", "has no preview source")
-    status = 404 if isinstance(exc, PreviewUnavailable) or any(text in str(exc) for text in missing) else 400
+    not_found = isinstance(exc, (PreviewUnavailable, UnknownInspection)) or any(text in str(exc) for text in missing)
+    status = 404 if not_found else 400
     return web.json_response({"error": folders.scrub_paths(str(exc))}, status=status)
 
 
@@ -80,6 +84,14 @@ async def label(request: web.Request) -> web.Response:
     return await _json(service.set_label, body)
 
 
+async def inspect_recording(request: web.Request) -> web.Response:
+    return await _json(inspections.recording, dict(request.query))
+
+
+async def inspect_pixel(request: web.Request) -> web.Response:
+    return await _json(inspections.pixel, dict(request.query))
+
+
 def register_routes() -> bool:
     """Add the routes to ComfyUI's running server (once, when the pack loads); False when there is none."""
     try:
@@ -93,5 +105,8 @@ def register_routes() -> bool:
                 "preview": preview, "labels": labels, "label": label}
     for name, path in ATLAS_ROUTES.items():
         (instance.routes.post if name in POST_ROUTES else instance.routes.get)(path)(handlers[name])
+    inspect_handlers = {"recording": inspect_recording, "pixel": inspect_pixel}
+    for name, path in INSPECT_ROUTES.items():
+        instance.routes.get(path)(inspect_handlers[name])
     return True
 

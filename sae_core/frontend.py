@@ -18,10 +18,17 @@ ATLAS_ROUTES = {name: f"{ATLAS_PREFIX}/{name}"
 POST_ROUTES = ("label",)
 # the preview route answers "not there" with 204 (an expected state the browser does not log) when asked so
 PREVIEW_MISSING_PARAM = ("missing", "empty")
+INSPECT_PREFIX = "/sae_lab/inspect"
+# name -> path of the inspector's routes (GET): a whole recording once, or the features at one pixel
+INSPECT_ROUTES = {name: f"{INSPECT_PREFIX}/{name}" for name in ("recording", "pixel")}
 
 UI_TEXT = "text"  # ComfyUI's own key: lines of text shown on the node
 UI_FEATURES = "sae_lab_features"  # feature ids that link into the SAE Atlas sidebar
 UI_ATLAS = "sae_lab_atlas"  # the atlas those ids belong to ("" when the SAE has none)
+UI_INSPECT = "sae_lab_inspect"  # SAE Inspect: the recording's id for the inspect routes and the images it covers
+INSPECT_NODE = "SAEInspect"
+INSPECT_MASK_WIDGETS = ("mask_features", "mask_step")  # the widgets the inspector fills to get a footprint MASK
+LABEL_EVENT = "sae-lab-label-saved"  # the window event the sidebar sends when a label is saved ({atlas, id, label})
 SIDEBAR_TAB = "sae-lab-atlas"
 STEER_NODE = "SAEFeatureSteer"
 
@@ -34,6 +41,11 @@ def feature_table_ui(table: str, features: list[int], atlas: str) -> dict:
     return {UI_TEXT: (table,), UI_FEATURES: [int(f) for f in features], UI_ATLAS: (atlas,)}
 
 
+def inspect_ui(key: str, images: list[dict]) -> dict:
+    """The UI message of SAE Inspect: the id the inspect routes know its recording by, and its saved images."""
+    return {UI_INSPECT: [{"id": key, "images": images}]}
+
+
 def heatmap_bin_colors(bins: int = render.HEATMAP_BINS, colormap: str = HEATMAP_COLORMAP) -> list[list[int]]:
     """The colour of each bin as render.overlay_heatmap paints it (bin 0 stays transparent)."""
     centres = [(b + 0.5) / bins for b in range(bins)]
@@ -44,8 +56,12 @@ def shared() -> dict:
     """Everything the frontend reads, as plain JSON values."""
     return {
         "routes": ATLAS_ROUTES,
+        "inspectRoutes": INSPECT_ROUTES,
         "previewMissing": dict([PREVIEW_MISSING_PARAM]),
-        "ui": {"text": UI_TEXT, "features": UI_FEATURES, "atlas": UI_ATLAS},
+        "ui": {"text": UI_TEXT, "features": UI_FEATURES, "atlas": UI_ATLAS, "inspect": UI_INSPECT},
+        "inspectNode": INSPECT_NODE,
+        "inspectMaskWidgets": list(INSPECT_MASK_WIDGETS),
+        "labelEvent": LABEL_EVENT,
         "sidebarTab": SIDEBAR_TAB,
         "steerNode": STEER_NODE,
         "heatmap": {"colormap": HEATMAP_COLORMAP, "bins": render.HEATMAP_BINS, "alpha": render.HEATMAP_ALPHA,

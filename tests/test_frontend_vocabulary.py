@@ -24,12 +24,16 @@ def test_the_shared_script_holds_what_python_says(tmp_path):
     shared = json.loads(body)
     assert shared["routes"] == frontend.ATLAS_ROUTES and all(p.startswith(frontend.ATLAS_PREFIX + "/")
                                                              for p in shared["routes"].values())
-    assert shared["ui"] == {"text": "text", "features": frontend.UI_FEATURES, "atlas": frontend.UI_ATLAS}
+    assert shared["ui"] == {"text": "text", "features": frontend.UI_FEATURES, "atlas": frontend.UI_ATLAS,
+                            "inspect": frontend.UI_INSPECT}
+    assert shared["inspectRoutes"] == frontend.INSPECT_ROUTES and all(
+        p.startswith(frontend.INSPECT_PREFIX + "/") for p in shared["inspectRoutes"].values())
     assert shared["heatmap"]["bins"] == render.HEATMAP_BINS and shared["heatmap"]["alpha"] == render.HEATMAP_ALPHA
 
 
 def test_no_script_or_node_spells_the_routes_or_ui_keys_again():
-    spelled = re.compile(r"/sae_lab/|sae_lab_features|sae_lab_atlas\b|\"sae-lab-atlas\"|SAEFeatureSteer")
+    # (importing the sidebar's module, "./sae_lab_atlas.js", is not spelling its UI key)
+    spelled = re.compile(r"/sae_lab/|sae_lab_features|sae_lab_atlas\b(?!\.js)|\"sae-lab-atlas\"|SAEFeatureSteer")
     offenders = [p.relative_to(REPO).as_posix() for p in SCRIPTS + list((REPO / "nodes").glob("*.py"))
                  if p.name != "steer.py" and spelled.search(p.read_text())]
     assert offenders == []
@@ -39,6 +43,9 @@ def test_no_script_or_node_spells_the_routes_or_ui_keys_again():
 
 def test_the_steer_node_named_is_a_real_node():
     assert f'node_id="{frontend.STEER_NODE}"' in (REPO / "nodes" / "steer.py").read_text()
+    observe = (REPO / "nodes" / "observe.py").read_text()
+    assert f'node_id="{frontend.INSPECT_NODE}"' in observe
+    assert all(f'"{name}"' in observe for name in frontend.INSPECT_MASK_WIDGETS)
 
 
 def test_the_browser_bin_colours_are_those_overlay_heatmap_paints():
@@ -51,6 +58,11 @@ def test_the_browser_bin_colours_are_those_overlay_heatmap_paints():
     for b in range(1, bins):  # bin 0 stays transparent
         assert painted[0, b].tolist() == colors[b]
     assert painted[0, 0].tolist() == [0, 0, 0]
+
+
+def test_the_inspector_message_carries_the_id_and_the_images():
+    images = [{"filename": "a.png", "subfolder": "", "type": "temp"}]
+    assert frontend.inspect_ui("abc", images) == {frontend.UI_INSPECT: [{"id": "abc", "images": images}]}
 
 
 def test_feature_tables_carry_the_keys_the_frontend_reads():

@@ -12,6 +12,7 @@ SPECS.update({
                           [("heatmaps", "IMAGE"), ("mask", "MASK")]),
     "SAEFeatureTimeline": ([("recording", "SAE_RECORDING"), ("latent", "LATENT"), ("image", "IMAGE")],
                            [("chart", "IMAGE"), ("table", "STRING")]),
+    "SAEInspect": ([("recording", "SAE_RECORDING"), ("image", "IMAGE")], [("mask", "MASK")]),
 })
 
 
@@ -55,12 +56,17 @@ def explore() -> dict:
         g.add("SaveImage", [f"sae_explore_heatmaps_{name.replace('.', '')}"], pos=(2540, y), size=(520, 460),
               images=(heat, 0))
 
+    g.add("SAEInspect", ["", -1], pos=(1220, 1640), size=(560, 760), title="Inspect down.2.1 (hover the image)",
+          recording=(rec_comp, 1), image=(decode, 0))
+
     g.add("Note", [
         "Explore: which SAE features fire while SDXL Turbo draws this image, and where (Unpacking SDXL Turbo).\n\n"
         "Two recorders are chained on the model: down.2.1 (composition) and up.0.1 (colour, light, style). "
         "They do not change the image. After sampling, Top Features ranks features by mean activation over the "
         "block's positions (table on the node, bar chart, and the ids ready to paste into SAE Feature Steer); "
-        "Feature Heatmap overlays the top 6 on the image.\n\n"
+        "Feature Heatmap overlays the top 6 on the image; SAE Inspect (below them) lists what fires at the pixel "
+        "under the mouse: click a feature for its heatmap, pin several, scrub the steps, send one to a selected "
+        "SAE Feature Steer node or turn it into a MASK.\n\n"
         "Try: change the seed or prompt and queue again (the recording follows the new run); put feature ids "
         "in the heatmap's 'features' (e.g. '4998, 2301'); use its MASK output as the mask of a steer node to "
         "paint another feature exactly where one fires; with SDXL base (several steps, cfg > 1) add "

@@ -89,6 +89,18 @@ class AtlasService:
         answer["preview"] = self._preview_info(atlas, params["atlas"])
         return answer
 
+    def labels_of(self, name: str, features: list[int]) -> dict[int, str]:
+        """The shown label of each of ``features`` that has one in atlas ``name`` (read fresh when it changed on
+        disk: the inspector shows labels edited in the sidebar)."""
+        atlas = self._atlas(resolve_atlas_name(name, self.roots()))
+        shown = atlas.shown_labels()
+        return {f: shown[f].text for f in features if f in shown and shown[f].text}
+
+    def has_previews(self, name: str) -> bool:
+        """Whether atlas ``name`` has published feature pictures (the preview route answers for it)."""
+        atlas = self._atlas(resolve_atlas_name(name, self.roots()))
+        return source_for(atlas.meta, name, atlas.n_latents) is not None
+
     def _preview_info(self, atlas: FeatureAtlas, name: str) -> dict | None:
         """What the browser needs to show pictures: the source, and whether missing ones can be downloaded now."""
         source = source_for(atlas.meta, name, atlas.n_latents)

@@ -303,13 +303,16 @@ def node_text_problems(page, node_id) -> list[str]:
 
 
 # ------------------------------------------------------------------ a tiny run shown on the canvas
-def run_in_page(page, server: ComfyServer, workflow: Path, timeout: float = 600) -> dict:
+def run_in_page(page, server: ComfyServer, workflow: Path, timeout: float = 600, edit=None) -> dict:
     """Load ``workflow`` on the canvas and run it on the tiny models for this page's client, so that the frontend
-    gets the executed messages and shows the outputs on the nodes as it does after Queue."""
+    gets the executed messages and shows the outputs on the nodes as it does after Queue. ``edit(prompt)`` may
+    change the API prompt first (more steps, say)."""
     load_workflow(page, workflow)
     client_id = page.evaluate("() => app.api?.clientId ?? app.api?.initialClientId ?? "
                               "sessionStorage.getItem('clientId')")
     prompt = tiny_prompt(workflow, server.object_info)
+    if edit is not None:
+        edit(prompt)
     status, answer = server.post("/prompt", {"prompt": prompt, "client_id": client_id or str(uuid.uuid4())})
     assert status == 200, answer
     entry = _wait(server, answer, timeout)
@@ -370,6 +373,72 @@ def frame_nodes(page, node_ids: list) -> None:
     page.wait_for_timeout(400)
 
 
+# ------------------------------------------------------------------ SAE Inspect on the canvas
+def steps(count: int):
+    """An ``edit`` for ``run_in_page``: every KSampler at ``count`` steps (the inspector's slider has steps)."""
+    def edit(prompt: dict) -> None:
+        for node in prompt.values():
+            if node["class_type"] == "KSampler":
+                node["inputs"]["steps"] = count
+    return edit
+
+
+# the whole picture is on the inspector's widget (not clipped by a node still at its size before the picture)
+INSPECTOR_SHOWN = """(id) => {
+    const i = app.graph.getNodeById(id)?.saeInspector;
+    if (!i?.payload || !i.picture.complete || !i.picture.naturalWidth) return false;
+    const p = i.picture.getBoundingClientRect(), w = i.root.getBoundingClientRect();
+    const inside = (x, y) => i.stage.contains(document.elementFromPoint(x, y));
+    return p.height > 50 && p.bottom <= w.bottom + 1 && inside(p.left + 1, p.top + 1)
+        && inside(p.right - 1, p.bottom - 1);
+}"""
+
+# what a person would see cut or misplaced on the inspector: the picture, the overlay over it, the rows' buttons
+INSPECTOR_CHECK = """(id) => {
+    const i = app.graph.getNodeById(id).saeInspector, problems = [];
+    const box = (e) => e.getBoundingClientRect(), w = box(i.root), p = box(i.picture), o = box(i.overlay);
+    if (p.bottom > w.bottom + 1 || p.right > w.right + 1) problems.push('the picture is cut by the widget');
+    if (Math.abs(o.left - p.left) > 1 || Math.abs(o.top - p.top) > 1 || Math.abs(o.width - p.width) > 1
+        || Math.abs(o.height - p.height) > 1) problems.push('the heatmap overlay is not over the picture');
+    for (const b of i.root.querySelectorAll('.sae-inspect-row .sae-inspect-button')) {
+        if (box(b).right > w.right + 1) problems.push(`button ${b.dataset.testid} is cut off`);
+    }
+    if (!i.root.querySelector('.sae-inspect-row')) problems.push('no feature listed');
+    return problems;
+}"""
+
+
+def show_inspector(page, node_id) -> None:
+    """Frame SAE Inspect once its widget has the recording and the picture (framed twice: in view, the node fits
+    itself to the picture)."""
+    page.wait_for_function("(id) => { const i = app.graph.getNodeById(id)?.saeInspector; "
+                           "return i?.payload && i.picture.complete && i.picture.naturalWidth > 0; }",
+                           arg=node_id, timeout=30_000)
+    for _ in range(2):
+        frame_nodes(page, [node_id])
+        page.wait_for_function(INSPECTOR_SHOWN, arg=node_id, timeout=10_000)
+
+
+def hover_inspector(page, node_id, x: int, y: int, click: bool = False) -> list[tuple[int, float, float]]:
+    """Move the mouse over image pixel (x, y) of the inspector (click: keep it); the features it lists then
+    (id, activation, fraction of the image), as the rows carry them."""
+    point = page.evaluate("""([id, x, y]) => {
+        const i = app.graph.getNodeById(id).saeInspector;
+        const r = i.picture.getBoundingClientRect();
+        const [height, width] = i.payload.image_size;
+        return [r.left + (x + 0.5) * r.width / width, r.top + (y + 0.5) * r.height / height];
+    }""", [node_id, x, y])
+    (page.mouse.click if click else page.mouse.move)(*point)
+    page.wait_for_function("(text) => document.querySelector('[data-testid=sae-inspect-where]').textContent"
+                           ".startsWith(text)", arg=f"pixel ({x}, {y})", timeout=5_000)
+    return [tuple(row) for row in page.evaluate("""() => Array.from(document.querySelectorAll('.sae-inspect-row'))
+        .map((r) => [Number(r.dataset.feature), Number(r.dataset.activation), Number(r.dataset.fraction)])""")]
+
+
+def inspector_problems(page, node_id) -> list[str]:
+    return page.evaluate(INSPECTOR_CHECK, node_id)
+
+
 # ------------------------------------------------------------------ the screenshots
 @dataclass
 class Shots:
@@ -415,7 +484,7 @@ def take(page, server: ComfyServer, out_dir: Path, canvas_workflows=CANVAS_SHOTS
     shot("atlas_detail", sidebar_problems(page), sidebar=True)
     close_sidebar(page)
 
-    run_in_page(page, server, EXPLORE)
+    run_in_page(page, server, EXPLORE, edit=steps(2))
     top = nodes_of(page, "SAETopFeatures")
     page.wait_for_function(f"() => app.graph.getNodeById({top[0]!r})?.widgets?.some((w) => w.name === "
                            "'sae_lab_text')", timeout=30_000)
@@ -423,13 +492,25 @@ def take(page, server: ComfyServer, out_dir: Path, canvas_workflows=CANVAS_SHOTS
     dismiss_toasts(page)
     shot("top_features", [p for node in top for p in node_text_problems(page, node)])
     shots.problems["top_features"] += chart_node_problems(page, shots.paths["top_features"])
+
+    inspect = nodes_of(page, "SAEInspect")[0]
+    show_inspector(page, inspect)
+    height, width = page.evaluate("(id) => app.graph.getNodeById(id).saeInspector.payload.image_size", inspect)
+    listed = hover_inspector(page, inspect, width // 2, height // 3, click=True)
+    # the two most localized features pinned (the second's heatmap over the picture, both under it)
+    for feature, _, _ in sorted(listed, key=lambda row: row[2])[:2][::-1]:
+        page.click(f"[data-testid=sae-inspect-pin-{feature}]")
+    frame_nodes(page, [inspect])  # taller now, with the pins
+    page.wait_for_function(INSPECTOR_SHOWN, arg=inspect, timeout=10_000)
+    dismiss_toasts(page)
+    shot("inspect", inspector_problems(page, inspect))
     return shots
 
 
 # screenshot -> the README's picture of it in docs/images/
 README_IMAGES = {"top_features": "browser_top_features.png", "atlas_detail": "browser_atlas_detail.png",
                  "atlas_detail_labels": "browser_atlas_labels.png",
-                 "workflow_sdxl_turbo_paint_feature": "browser_paint_workflow.png"}
+                 "workflow_sdxl_turbo_paint_feature": "browser_paint_workflow.png", "inspect": "browser_inspect.png"}
 README_MAX_BYTES = 300_000
 
 

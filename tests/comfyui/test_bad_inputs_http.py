@@ -36,7 +36,8 @@ DISPLAY = {"SAELoader": "Load SAE", "SAEFeatureSteer": "SAE Feature Steer", "SAE
            "SAEConceptProfile": "SAE Concept Profile", "SAEUnlearnConcept": "SAE Unlearn Concept",
            "SAESaveConcept": "SAE Save Concept", "SAELoadConcept": "SAE Load Concept",
            "SAEFindFeatures": "SAE Find Features", "SAECollectActivations": "SAE Collect Activations",
-           "SAETrain": "SAE Train", "SAESave": "SAE Save", "SAEImportLabels": "SAE Import Labels"}
+           "SAETrain": "SAE Train", "SAESave": "SAE Save", "SAEImportLabels": "SAE Import Labels",
+           "SAEInspect": "SAE Inspect"}
 
 
 def graph() -> dict:
@@ -91,6 +92,7 @@ def graph() -> dict:
         "27": node("SAESave", sae=["26", 0], filename="bad_sae", overwrite=True),
         "28": node("SAEImportLabels", sae=["5", 0], labels_file="labels.csv", hub_repo="", hub_path="",
                    hub_repo_type="dataset", replace_imported=False, atlas_name="bad_labels", preview_source=""),
+        "29": node("SAEInspect", recording=["7", 1], image=["9", 0], mask_features="3", mask_step=-1),
     }
 
 
@@ -143,6 +145,7 @@ ACCEPTED = {
        for case in ("empty", "huge", "binary", "nul", "dotdot", "absolute", "urlencoded")},
     ("SAEImportLabels", "atlas_name", "empty"): "the atlas goes beside the SAE, inside models/sae",
     ("SAEImportLabels", "preview_source", "empty"): "keeps the atlas's preview setting",
+    ("SAEInspect", "mask_features", "empty"): "no features: an empty MASK",
 }
 
 

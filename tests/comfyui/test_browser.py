@@ -22,7 +22,10 @@ if CHROMIUM is None:
 
 import screenshots  # noqa: E402
 from screenshots import (CARTOON, EVIL, PAPER_ATLAS, PREVIEW_COLORS, STRIPES, TIGER, TINY_ATLAS,  # noqa: E402
-                         open_page, scene_server)
+                         hover_inspector, open_page, scene_server)
+
+from sae_core.frontend import heatmap_bin_colors  # noqa: E402
+from sae_core.observe.inspect import decode_frame  # noqa: E402
 
 WORKFLOWS = sorted((comfy_harness.REPO / "example_workflows").glob("*.json"))
 NODE_IDS = sorted(p.parent.name for p in (comfy_harness.REPO / "web" / "docs").glob("*/en.md"))
@@ -302,3 +305,144 @@ def test_screenshots_at_small_size_pass_the_pixel_and_dom_checks(server, browser
     small_png = screenshots.save_small(shots.paths["top_features"], tmp_path / "readme.png", max_bytes=150_000)
     assert small_png.stat().st_size <= 150_000
     assert small.watch.problems == []
+
+
+# ------------------------------------------------------------------ SAE Inspect on the canvas
+@pytest.fixture(scope="module")
+def inspected(server, page):
+    """The explore example run on the canvas at 2 steps (once): the SAE Inspect node's id, its payload as the route
+    serves it, and the features the route lists at a pixel, the reference the widget is checked against."""
+    screenshots.close_sidebar(page)
+    entry = screenshots.run_in_page(page, server, screenshots.EXPLORE, edit=screenshots.steps(2))
+    node_id = screenshots.nodes_of(page, "SAEInspect")[0]
+    key = entry["outputs"][str(node_id)]["sae_lab_inspect"][0]["id"]
+    screenshots.show_inspector(page, node_id)
+    payload = server.get(f"/sae_lab/inspect/recording?id={key}")
+
+    def reference(x: int, y: int, step: int) -> list[tuple[int, float, float]]:
+        answer = server.get(f"/sae_lab/inspect/pixel?id={key}&x={x}&y={y}&step={step}")
+        return [(f["id"], f["activation"], f["fraction"]) for f in answer["features"]]
+
+    def feature_map(feature: int, step: int) -> np.ndarray:
+        frame = next(f for f in payload["frames"] if f["step"] == step and f["image"] == 0 and f["pass"] == "positive")
+        ids, values = decode_frame(payload, frame)
+        return np.where(ids == feature, values, 0).max(1).reshape(payload["grid"])
+
+    return {"node": node_id, "key": key, "payload": payload, "reference": reference, "map": feature_map,
+            "labels": lambda: server.get(f"/sae_lab/inspect/recording?id={key}")["labels"]}
+
+
+def test_inspect_lists_the_recorded_features_under_the_mouse(page, inspected):
+    payload = inspected["payload"]
+    assert payload["steps"] == [0, 1] and payload["atlas"] == PAPER_ATLAS and payload["passes"] == ["positive"]
+    height, width = payload["image_size"]
+    listed_any = False
+    for x, y in ((0, 0), (width // 2, height // 3), (width - 1, height - 1)):
+        listed = hover_inspector(page, inspected["node"], x, y)
+        expected = inspected["reference"](x, y, 0)
+        assert [f for f, _, _ in listed] == [f for f, _, _ in expected], (x, y)
+        for (_, act, frac), (_, want_act, want_frac) in zip(listed, expected):
+            assert act == pytest.approx(want_act, rel=1e-3, abs=1e-3) and frac == pytest.approx(want_frac)
+        listed_any |= bool(listed)
+    assert listed_any
+    # the atlas's labels of the features that fire come with the payload (the paper atlas labels every 97th
+    # feature and three named ones; a label saved in the sidebar is checked below)
+    fired = {int(f) for frame in payload["frames"] for f, v in zip(*map(np.ravel, decode_frame(payload, frame)))
+             if v > 0}
+    assert {int(f) for f in payload["labels"]} == {f for f in fired if f % 97 == 0 or f in (CARTOON, TIGER, EVIL)}
+
+
+def test_inspect_overlays_a_feature_pins_it_steers_and_masks(page, inspected):
+    node = inspected["node"]
+    steer = page.evaluate("""() => {
+        const node = LiteGraph.createNode("SAEFeatureSteer");
+        node.pos = [0, 2600];
+        app.graph.add(node);
+        app.canvas.selectNode(node);
+        return node.id;
+    }""")
+    height, width = inspected["payload"]["image_size"]
+    listed = hover_inspector(page, node, width // 2, height // 2, click=True)  # the click keeps this pixel listed
+    assert len(listed) >= 2
+    first, second = listed[0][0], listed[1][0]
+    page.click(f"[data-testid=sae-inspect-feature-{first}] .sae-inspect-id")
+    page.wait_for_function(f"() => document.querySelector('[data-testid=sae-inspect-overlay]').dataset.feature "
+                           f"=== '{first}'")
+    # the overlay, by its pixels: the bin colours of the feature's map where it fires, transparent elsewhere
+    drawn = np.array(page.evaluate("""() => {
+        const c = document.querySelector('[data-testid=sae-inspect-overlay]');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+    }"""), np.uint8).reshape(*inspected["payload"]["grid"], 4)
+    feature_map = inspected["map"](first, 0)
+    lo, hi = feature_map.min(), feature_map.max()
+    bins = np.minimum(np.floor((feature_map - lo) / (hi - lo) * 10), 9).astype(int)
+    colors = np.array(heatmap_bin_colors())
+    assert (drawn[..., 3][bins == 0] == 0).all() and (bins > 0).any()
+    assert (drawn[..., 3][bins > 0] == round(255 * 0.6)).all()
+    # (a canvas keeps colours premultiplied by alpha: read back, they may be 1-2 levels off)
+    np.testing.assert_allclose(drawn[..., :3][bins > 0], colors[bins[bins > 0]], atol=2)
+    box = page.evaluate("""() => ['sae-inspect-overlay', 'sae-inspect-picture'].map((t) => {
+        const r = document.querySelector(`[data-testid=${t}]`).getBoundingClientRect();
+        return [r.left, r.top, r.width, r.height]; })""")
+    assert box[0] == pytest.approx(box[1], abs=1) and box[1][2] > 50  # over the picture, covering it
+
+    page.click(f"[data-testid=sae-inspect-pin-{first}]")
+    page.click(f"[data-testid=sae-inspect-pin-{second}]")
+    assert page.locator("[data-testid^=sae-inspect-pinned-]").count() == 2
+    page.click(f"[data-testid=sae-inspect-steer-{second}]")
+    value = page.evaluate(f"() => app.graph.getNodeById({steer!r}).widgets.find(w => w.name === 'features').value")
+    assert value == str(second)
+    page.click(f"[data-testid=sae-inspect-mask-{first}]")
+    widgets = page.evaluate(f"""() => Object.fromEntries(app.graph.getNodeById({node!r}).widgets
+        .filter((w) => ['mask_features', 'mask_step'].includes(w.name)).map((w) => [w.name, w.value]))""")
+    assert widgets == {"mask_features": f"{first}, {second}", "mask_step": 0}
+
+    # scrub to step 1: the kept pixel's list is step 1's
+    page.evaluate("""() => { const s = document.querySelector('[data-testid=sae-inspect-step]');
+                             s.value = '1'; s.dispatchEvent(new Event('input')); }""")
+    assert page.locator("[data-testid=sae-inspect-step-label]").text_content().strip() == "1 (2 of 2)"
+    listed = page.evaluate("""() => Array.from(document.querySelectorAll('.sae-inspect-row')).map(
+        (r) => Number(r.dataset.feature))""")
+    assert listed == [f for f, _, _ in inspected["reference"](width // 2, height // 2, 1)]
+    assert page.watch.problems == []
+
+
+def test_inspect_opens_a_feature_in_the_sidebar_and_shows_the_label_saved_there(page, inspected):
+    node = inspected["node"]
+    height, width = inspected["payload"]["image_size"]
+    page.evaluate("""() => { const s = document.querySelector('[data-testid=sae-inspect-step]');
+                             s.value = '0'; s.dispatchEvent(new Event('input')); }""")
+    listed = hover_inspector(page, node, width // 3, height // 2, click=True)
+    feature = listed[0][0]
+    page.click(f"[data-testid=sae-inspect-atlas-{feature}]")
+    page.wait_for_function(f"() => document.querySelector('.sae-lab-panel h3')?.textContent"
+                           f".startsWith('Feature #{feature}')")
+    page.fill("[data-testid=sae-label-input]", "snowy fur")
+    page.click("[data-testid=sae-label-save]")
+    page.wait_for_function(f"() => document.querySelector('[data-testid=sae-inspect-feature-{feature}] "
+                           f".sae-inspect-label')?.textContent === 'snowy fur'")
+    # and from the route, for the next page load
+    assert inspected["labels"]()[str(feature)] == "snowy fur"
+    screenshots.close_sidebar(page)
+    assert page.watch.problems == []
+
+
+def test_inspect_route_refuses_bad_requests_over_http(server, inspected):
+    import urllib.error
+    import urllib.request
+
+    def status(query: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"{server.url}/sae_lab/inspect/{query}", timeout=30) as response:
+                return response.status, ""
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())["error"]
+
+    key = inspected["key"]
+    height, width = inspected["payload"]["image_size"]
+    assert status("recording?id=" + "A" * 22)[0] == 404
+    assert status("recording?id=../../models")[0] == 400
+    for query, name in ((f"x={width}&y=0", "'x'"), ("x=0&y=-1", "'y'"), ("x=0&y=0&step=2", "'step'"),
+                        ("x=0&y=0&image=1", "'image'"), ("x=0&y=0&top=100000", "'top'"), ("x=" + "9" * 400, "x")):
+        code, error = status(f"pixel?id={key}&{query}")
+        assert code == 400 and name in error, (query, error)

@@ -22,8 +22,9 @@ pack = comfy_harness.load_pack()
 from sae_lab_pack.nodes.atlas import SAEBuildAtlas  # noqa: E402
 from sae_lab_pack.nodes.collect import SAECollectActivations  # noqa: E402
 from sae_lab_pack.nodes.find import SAEFindFeatures  # noqa: E402
-from sae_lab_pack.nodes.observe import (SAEFeatureHeatmap, SAEFeatureTimeline, SAERecordActivations,  # noqa: E402
-                                        SAETopFeatures)
+from sae_lab_pack.nodes import routes  # noqa: E402
+from sae_lab_pack.nodes.observe import (SAEFeatureHeatmap, SAEFeatureTimeline, SAEInspect,  # noqa: E402
+                                        SAERecordActivations, SAETopFeatures)
 from sae_lab_pack.nodes.patching import model_block_layout  # noqa: E402
 from sae_lab_pack.nodes.sae import SAELoader, SAESave  # noqa: E402
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
@@ -223,6 +224,15 @@ def test_record_top_features_heatmap_and_timeline(models):
     assert heatmaps.shape[0] == 1 and mask.shape == (1, 96, 144) and float(mask.max()) == pytest.approx(1.0)
     timeline, _ = SAEFeatureTimeline.execute(recording, "top 2", "positive", 0, {"samples": latent}).result
     assert timeline.shape[-1] == 3
+    # SAE Inspect on the DiT's non-square token grid: the route's pixel list is the recorded code there
+    out = SAEInspect.execute(recording, image, mask_features=ids.split(", ")[0], mask_step=0)
+    key = (out.ui if isinstance(out.ui, dict) else out.ui.as_dict())["sae_lab_inspect"][0]["id"]
+    payload = routes.inspections.recording({"id": key})
+    assert payload["grid"] == list(GRID) and payload["image_size"] == [96, 144] and payload["steps"] == [0, 1]
+    listed = routes.inspections.pixel({"id": key, "x": "143", "y": "95", "step": "0"})["features"]
+    last = first.values[0].reshape(-1, first.values.shape[-1])[-1].float()
+    assert sorted(f["activation"] for f in listed) == pytest.approx(sorted(last[last > 0].tolist()), rel=1e-3)
+    assert out.result[0].shape == (1, 96, 144) and float(out.result[0].max()) == pytest.approx(1.0)
 
 
 def test_build_atlas_on_flux(models, sae_models_dir):

@@ -11,8 +11,9 @@ from tiny_models import BlockProbe, build_unet, random_conditioning, sample
 pack = comfy_harness.load_pack()
 from sae_lab_pack.sae_core import SparseAutoencoder  # noqa: E402  (the pack's own copy)
 from sae_lab_pack.sae_core.observe.recording import Recording  # noqa: E402
-from sae_lab_pack.nodes.observe import (SAEFeatureHeatmap, SAEFeatureTimeline, SAERecordActivations,  # noqa: E402
-                                       SAETopFeatures)
+from sae_lab_pack.nodes import routes  # noqa: E402
+from sae_lab_pack.nodes.observe import (SAEFeatureHeatmap, SAEFeatureTimeline, SAEInspect,  # noqa: E402
+                                       SAERecordActivations, SAETopFeatures)
 from sae_lab_pack.nodes.steer import SAEFeatureSteer  # noqa: E402
 
 BLOCK = "input_blocks.8.1"  # down.2.1: a 16x16 grid for a 64x64 latent
@@ -45,6 +46,15 @@ def top(recording, latent, **kwargs):
     shown = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
     assert shown["text"] == (table,) and shown["sae_lab_features"] == [int(i) for i in ids.split(", ")]
     return table, chart, [int(i) for i in ids.split(", ")]
+
+
+def inspect(recording, image, **kwargs) -> tuple[torch.Tensor, str]:
+    """SAE Inspect's MASK and the id its UI message gives the inspect routes (which must serve it)."""
+    out = SAEInspect.execute(recording, image, **kwargs)
+    shown = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
+    entry = shown["sae_lab_inspect"][0]
+    assert entry["images"] and entry["images"][0]["type"] == "temp"
+    return out.result[0], entry["id"]
 
 
 def encode(sae, x, y):
@@ -149,6 +159,23 @@ def test_cfg_passes_and_batch_items_are_recorded_apart(sdxl, sae):
                                                     batch_index=1).result
     assert chart.shape[0] == 1 and len(steps_table.splitlines()) == 3  # header + 2 steps
     assert steps_table.splitlines()[0].split()[1] == f"#{PLANTED}"
+    # SAE Inspect: the planted feature's footprint as its MASK, and at a pixel of the painted corner the route
+    # lists it first, in the positive pass of image 1 only
+    footprint, key = inspect(recording, image, mask_features=str(PLANTED), mask_step=-1)
+    torch.testing.assert_close(footprint, mask)
+    payload = routes.inspections.recording({"id": key})
+    assert (payload["passes"], payload["batch"], payload["steps"], payload["grid"]) == \
+        (["positive", "negative"], 2, [0, 1], [16, 16])
+    def corner(**params: str) -> list[tuple[int, float]]:
+        listed = routes.inspections.pixel({"id": key, "x": "400", "y": "100", "step": "1", **params})["features"]
+        return [(f["id"], f["activation"]) for f in listed]
+
+    painted = corner(image="1")
+    assert painted[0][0] == PLANTED
+    # elsewhere it fires at most as weakly as the SAE's own activity, never first
+    for params in ({"image": "0"}, {"image": "1", "pass": "negative"}):
+        others = corner(**params)
+        assert others[0][0] != PLANTED and all(v < painted[0][1] / 2 for f, v in others if f == PLANTED), params
 
 
 def test_cfg_1_has_no_negative_pass(sdxl, sae):
@@ -210,6 +237,12 @@ def test_errors_name_the_node_the_value_and_what_is_valid(sdxl, sae):
         SAEFeatureHeatmap.execute(recording, torch.zeros(1, 512, 768, 3))
     with pytest.raises(ValueError, match="SAE Feature Heatmap: feature 256 does not exist: this SAE has 256 features"):
         SAEFeatureHeatmap.execute(recording, torch.zeros(1, 512, 512, 3), features="3, 256")
+    with pytest.raises(ValueError, match="SAE Inspect: feature 256 does not exist: this SAE has 256 features"):
+        inspect(recording, torch.zeros(1, 512, 512, 3), mask_features="3, 256")
+    with pytest.raises(ValueError, match="SAE Inspect: the image is 768x512 px but the recorded block grid is 16x16"):
+        inspect(recording, torch.zeros(1, 512, 768, 3))
+    with pytest.raises(ValueError, match="SAE Inspect: mask_step -2 is out of range"):
+        inspect(recording, torch.zeros(1, 512, 512, 3), mask_step=-2)
     with pytest.raises(ValueError, match="SAE Feature Heatmap: mask_feature 999 does not exist"):
         SAEFeatureHeatmap.execute(recording, torch.zeros(1, 512, 512, 3), mask_feature=999)
     with pytest.raises(ValueError, match=r"SAE Top Features: the LATENT connected \(batch 2, 512x512 px\) is not"):

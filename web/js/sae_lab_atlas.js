@@ -12,7 +12,8 @@ const STEER_NODE = SHARED.steerNode;
 const PAGE = 120;
 const state = { atlas: "", query: "", sort: "firing_rate", detail: null, root: null, message: "", shown: 0, seq: 0 };
 
-function h(tag, attrs = {}, ...children) {
+// An element with attributes ("on..." listeners, "testid" -> data-testid) and children; the inspector uses it too.
+export function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (key.startsWith("on")) node.addEventListener(key.slice(2).toLowerCase(), value);
@@ -105,12 +106,9 @@ function selectedSteerNodes() {
     (node) => node.comfyClass === STEER_NODE || node.type === STEER_NODE);
 }
 
-function useFeature(id) {
-  const nodes = selectedSteerNodes();
-  if (!nodes.length) {
-    setMessage(`Select an "SAE Feature Steer" node on the canvas first, then click Use again.`);
-    return;
-  }
+// Puts a feature into SAE Feature Steer nodes (the selected ones unless given); how many got it. The inspector
+// calls it too (window.SAELab.sendToSteer).
+function sendToSteer(id, nodes = selectedSteerNodes()) {
   for (const node of nodes) {
     const widget = node.widgets?.find((w) => w.name === "features");
     if (widget) {
@@ -118,7 +116,16 @@ function useFeature(id) {
       widget.callback?.(widget.value);
     }
   }
-  app.graph.setDirtyCanvas(true, true);
+  if (nodes.length) app.graph.setDirtyCanvas(true, true);
+  return nodes.length;
+}
+
+function useFeature(id) {
+  const nodes = selectedSteerNodes();
+  if (!sendToSteer(id, nodes)) {
+    setMessage(`Select an "SAE Feature Steer" node on the canvas first, then click Use again.`);
+    return;
+  }
   setMessage(`Feature ${id} set on ${nodes.length} SAE Feature Steer node${nodes.length > 1 ? "s" : ""}.`);
 }
 
@@ -141,6 +148,7 @@ async function saveLabel(id, text) {
   });
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || response.statusText);
+  window.dispatchEvent(new CustomEvent(SHARED.labelEvent, { detail: { atlas: state.atlas, id, label: data.label } }));
   setMessage(data.label ? `Saved label "${data.label}" for feature ${id}.`
     : `Cleared your label of feature ${id} (an imported label, if any, shows again).`);
 }
@@ -347,7 +355,7 @@ app.registerExtension({
   name: "sae_lab.atlas",
   async setup() {
     document.head.append(h("style", {}, STYLE));
-    window.SAELab = { openFeature };
+    window.SAELab = { ...window.SAELab, openFeature, sendToSteer, selectedSteerNodes };
     app.extensionManager?.registerSidebarTab?.({
       id: TAB_ID, icon: "pi pi-th-large", title: "SAE Atlas", tooltip: "SAE feature atlas", type: "custom",
       render: (element) => { renderPanel(element); },

@@ -10,14 +10,25 @@ export const SHARED = Object.freeze({
     "labels": "/sae_lab/atlas/labels",
     "label": "/sae_lab/atlas/label"
   },
+  "inspectRoutes": {
+    "recording": "/sae_lab/inspect/recording",
+    "pixel": "/sae_lab/inspect/pixel"
+  },
   "previewMissing": {
     "missing": "empty"
   },
   "ui": {
     "text": "text",
     "features": "sae_lab_features",
-    "atlas": "sae_lab_atlas"
+    "atlas": "sae_lab_atlas",
+    "inspect": "sae_lab_inspect"
   },
+  "inspectNode": "SAEInspect",
+  "inspectMaskWidgets": [
+    "mask_features",
+    "mask_step"
+  ],
+  "labelEvent": "sae-lab-label-saved",
   "sidebarTab": "sae-lab-atlas",
   "steerNode": "SAEFeatureSteer",
   "heatmap": {
