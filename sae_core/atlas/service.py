@@ -21,7 +21,7 @@ MAX_PAGE = 500
 EXPORT_FORMATS = {"json": "application/json", "csv": "text/csv"}
 
 
-def _int_param(params: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0,
+def int_param(params: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0,
                maximum: int | None = None) -> int:
     raw = params.get(name)
     if raw is None or raw == "":
@@ -74,10 +74,10 @@ class AtlasService:
         atlas = self._atlas(self._folder(params))
         source = source_for(atlas.meta, params["atlas"], atlas.n_latents)
         excluded = excluded_features(params["atlas"], atlas.n_latents)
-        show = _int_param(params, "show_excluded", 0, 0, 1) == 1
+        show = int_param(params, "show_excluded", 0, 0, 1) == 1
         answer = atlas.summary(query=check_text("q", params.get("q", ""), 200), sort=params.get("sort", "firing_rate"),
-                               limit=_int_param(params, "limit", 200, 1, MAX_PAGE),
-                               offset=_int_param(params, "offset", 0), all_features=source is not None,
+                               limit=int_param(params, "limit", 200, 1, MAX_PAGE),
+                               offset=int_param(params, "offset", 0), all_features=source is not None,
                                hidden=frozenset() if show else excluded)
         answer["preview"] = self._preview_info(atlas, params["atlas"])
         answer["excluded"] = sorted(excluded)
@@ -85,7 +85,7 @@ class AtlasService:
 
     def feature(self, params: Mapping[str, str]) -> dict:
         atlas = self._atlas(self._folder(params))
-        answer = atlas.feature(_int_param(params, "id", maximum=atlas.n_latents - 1))
+        answer = atlas.feature(int_param(params, "id", maximum=atlas.n_latents - 1))
         answer["preview"] = self._preview_info(atlas, params["atlas"])
         return answer
 
@@ -111,7 +111,7 @@ class AtlasService:
         view. PreviewUnavailable (a 404) when the atlas has no preview source or the picture cannot be had."""
         folder = self._folder(params)
         atlas = self._atlas(folder)
-        feature = _int_param(params, "id", maximum=atlas.n_latents - 1)
+        feature = int_param(params, "id", maximum=atlas.n_latents - 1)
         source = source_for(atlas.meta, params["atlas"], atlas.n_latents)
         if source is None:
             raise SAEInputError(f"atlas {params['atlas']!r} has no preview source; set one with SAE Import Labels "
@@ -127,7 +127,7 @@ class AtlasService:
 
     def thumbnail(self, params: Mapping[str, str]) -> Path:
         folder = self._folder(params)
-        path = folder / "thumbs" / f"{_int_param(params, 'gen')}.jpg"
+        path = folder / "thumbs" / f"{int_param(params, 'gen')}.jpg"
         if not path.is_file():
             raise SAEInputError(f"generation {params.get('gen')} has no thumbnail in this atlas")
         return path

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from ..atlas.service import _int_param
+from ..atlas.service import int_param
 from ..errors import SAEInputError
 from ..validate import check_choice
 from .inspect import Inspection
@@ -96,11 +96,11 @@ class InspectService:
         """The features at one image pixel of one frame: id, activation, label and localization score."""
         inspection, atlas = self._get(params)
         height, width = inspection.image_size
-        x = _int_param(params, "x", maximum=width - 1)
-        y = _int_param(params, "y", maximum=height - 1)
-        step = _int_param(params, "step", inspection.steps[0], maximum=max(inspection.steps))
-        image = _int_param(params, "image", 0, maximum=inspection.batch - 1)
-        top = _int_param(params, "top", inspection.k, 1, MAX_TOP)
+        x = int_param(params, "x", maximum=width - 1)
+        y = int_param(params, "y", maximum=height - 1)
+        step = int_param(params, "step", inspection.steps[0], maximum=max(inspection.steps))
+        image = int_param(params, "image", 0, maximum=inspection.batch - 1)
+        top = int_param(params, "top", inspection.k, 1, MAX_TOP)
         pass_name = check_choice("pass", params.get("pass", inspection.passes[0]), inspection.passes)
         frame = inspection.frame(pass_name, image, step)
         found = frame.features_at(inspection.position(x, y))[:top]
