@@ -11,14 +11,14 @@ from comfy_api.latest import io, ui
 
 from ..sae_core.blocks.families import text_encoders
 from ..sae_core.blocks.text_encoder import encoder_of, text_layout
-from ..sae_core.budget import text_collection_work
+from ..sae_core.budget import check_work, max_work, text_collection_work
 from ..sae_core.errors import SAEInputError
 from ..sae_core.train.collect import collect_shards
 from ..sae_core.train.dataset import DTYPES, ActivationDatasetWriter, ShardPlan, weights_digest
 from ..sae_core.train.text_collect import TextCollectPatch, batches, prompt_tokens, text_collection_header
 from ..sae_core.validate import check_choice, check_number, check_text
 from . import folders
-from .base import SAENode
+from .base import SAENode, show_progress_text
 from .collect import (
     MAX_BLOCKS_TEXT,
     check_dataset_name,
@@ -27,7 +27,7 @@ from .collect import (
     prompts_file_input,
     read_prompt_list,
 )
-from .sampling import check_cancel, start_work
+from .sampling import check_cancel
 from .text import CLIP_HELP, install_text_patch, require_clip
 
 MAX_BATCH = 1024
@@ -108,8 +108,9 @@ class SAECollectTextActivations(SAENode):
             dtype, chosen, special_tokens=special_tokens, prompts_per_shard=prompts_per_shard)
         writer = ActivationDatasetWriter(root, header, shown_name=name)
         plans = writer.plan(prompt_list, [0] * len(prompt_list), prompts_per_shard)
-        work = start_work(text_collection_work(sum(p.n_prompts for p in plans if not writer.is_done(p)),
-                                               layers=len(chosen)))
+        work = text_collection_work(sum(p.n_prompts for p in plans if not writer.is_done(p)), layers=len(chosen))
+        check_work(work, max_work())  # refused above the server's cap before anything is encoded
+        show_progress_text(f"will encode {work.describe()}")
         recorders = {b.short: TextCollectPatch(dtype) for b in chosen}
         encoders = {b.short: encoder_of(b, text_encoders()) for b in chosen}
         patched = clip
@@ -141,7 +142,7 @@ class SAECollectTextActivations(SAENode):
                               for block, n in result.rows.items())
         info = (f"output/sae_datasets/{name}: {len(prompt_list)} prompts in {len(plans)} shards "
                 f"({len(result.written)} written now, {len(result.skipped)} already done); {rows_text}")
-        return io.NodeOutput(name, info, ui=ui.PreviewText(f"{info}\nencoded {work.describe()}"))
+        return io.NodeOutput(name, info, ui=ui.PreviewText(f"{info}\nwork: {work.describe()}"))
 
 
 def token_rows(clip, encoder, tokens: dict, special_tokens: bool):

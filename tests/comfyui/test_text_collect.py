@@ -220,3 +220,14 @@ def test_train_then_steer_and_build_the_text_atlas(sd1, collected, tmp_path, mon
     assert atlas.top_token(feature) == tokens[int(torch.tensor(detail["examples"][0]["map"][0]).argmax())]
     again = build_atlas_from_dataset(collected["root"], sae, tmp_path / "atlas", block="clip_l.3", top_n=3)
     assert again.next_id == 6  # every shard was added already
+
+
+def test_a_collection_above_the_servers_work_cap_is_refused_before_encoding(sd1, tmp_path, monkeypatch):
+    use_dataset_folder(monkeypatch, tmp_path)
+    monkeypatch.setenv("SAE_LAB_MAX_WORK", "4")
+    with pytest.raises(ValueError, match="SAE Collect Text Activations: .*5 prompts"):
+        collect(sd1)
+    assert not (tmp_path / "text" / "manifest.json").exists() or not json.loads(
+        (tmp_path / "text" / "manifest.json").read_text())["shards"]
+    monkeypatch.setenv("SAE_LAB_MAX_WORK", "5")
+    assert "3 written now" in collect(sd1).result[1]
