@@ -56,14 +56,25 @@ def read_prompt_list(prompts: str, prompts_file: str = "") -> list[str]:
     return prompt_list
 
 
-def dataset_fingerprint(dataset_name: str) -> tuple | None:
-    """The finished shard files of a dataset on disk: a collection node runs again when they changed."""
-    try:
-        root = folders.target(folders.DATASET_FOLDER, check_dataset_name(dataset_name), "dataset_name")
-        shards = read_manifest(root)["shards"]
-        return tuple(sorted(f for s in shards for f in s["files"].values() if (root / f).is_file()))
-    except Exception:
-        return None
+def dataset_outputs() -> list[io.String.Output]:
+    """The outputs of the collection nodes: the dataset's name (for SAE Train) and what was collected."""
+    return [io.String.Output(display_name="dataset", tooltip="The dataset's name in output/sae_datasets, for "
+                                                             "SAE Train."),
+            io.String.Output(display_name="info", tooltip="What was collected.")]
+
+
+class CollectionNode(SAENode):
+    """A node that writes an activation dataset (``dataset_name``) in output/sae_datasets."""
+
+    @classmethod
+    def fingerprint_inputs(cls, dataset_name: str = "", **kwargs):
+        """Run again when the dataset's finished shards on disk changed (e.g. the folder was deleted)."""
+        try:
+            root = folders.target(folders.DATASET_FOLDER, check_dataset_name(dataset_name), "dataset_name")
+            shards = read_manifest(root)["shards"]
+            return tuple(sorted(f for s in shards for f in s["files"].values() if (root / f).is_file()))
+        except Exception:
+            return None
 
 
 def model_fingerprint(model) -> str:
@@ -73,7 +84,7 @@ def model_fingerprint(model) -> str:
     return weights_digest(diffusion_model.named_parameters(), extra=[repr(patches)])
 
 
-class SAECollectActivations(SAENode):
+class SAECollectActivations(CollectionNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -124,17 +135,8 @@ class SAECollectActivations(SAENode):
                                      "are kept, drawn at random (the same ones on a re-run): a 1024 px Flux image "
                                      "has 4096 positions per block and step; 256 of them in bf16 are 1.5 MB."),
             ],
-            outputs=[
-                io.String.Output(display_name="dataset", tooltip="The dataset's name in output/sae_datasets, for "
-                                                                 "SAE Train."),
-                io.String.Output(display_name="info", tooltip="What was collected."),
-            ],
+            outputs=dataset_outputs(),
         )
-
-    @classmethod
-    def fingerprint_inputs(cls, dataset_name: str = "", **kwargs):
-        """Run again when the dataset's finished shards on disk changed (e.g. the folder was deleted)."""
-        return dataset_fingerprint(dataset_name)
 
     @classmethod
     def execute(cls, model, clip, prompts: str, blocks: str, store: str, dataset_name: str, steps: int, cfg: float,

@@ -18,11 +18,12 @@ from ..sae_core.train.dataset import DTYPES, ActivationDatasetWriter, ShardPlan,
 from ..sae_core.train.text_collect import TextCollectPatch, batches, prompt_tokens, text_collection_header
 from ..sae_core.validate import check_choice, check_number, check_text
 from . import folders
-from .base import SAENode, show_progress_text
+from .base import show_progress_text
 from .collect import (
     MAX_BLOCKS_TEXT,
+    CollectionNode,
     check_dataset_name,
-    dataset_fingerprint,
+    dataset_outputs,
     prompt_list_input,
     prompts_file_input,
     read_prompt_list,
@@ -39,7 +40,7 @@ def clip_fingerprint(clip) -> str:
     return weights_digest(clip.cond_stage_model.named_parameters(), extra=[repr(patches)])
 
 
-class SAECollectTextActivations(SAENode):
+class SAECollectTextActivations(CollectionNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -74,17 +75,8 @@ class SAECollectTextActivations(SAENode):
                 io.Int.Input("batch_size", default=64, min=1, max=MAX_BATCH, optional=True,
                              tooltip="Prompts encoded together (one encoder call): larger is faster on a GPU."),
             ],
-            outputs=[
-                io.String.Output(display_name="dataset", tooltip="The dataset's name in output/sae_datasets, for "
-                                                                 "SAE Train."),
-                io.String.Output(display_name="info", tooltip="What was collected."),
-            ],
+            outputs=dataset_outputs(),
         )
-
-    @classmethod
-    def fingerprint_inputs(cls, dataset_name: str = "", **kwargs):
-        """Run again when the dataset's finished shards on disk changed (e.g. the folder was deleted)."""
-        return dataset_fingerprint(dataset_name)
 
     @classmethod
     def execute(cls, clip, prompts: str, layers: str, dataset_name: str, dtype: str, prompts_file: str = "",
