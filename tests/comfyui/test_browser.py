@@ -168,6 +168,7 @@ def test_a_text_atlas_shows_each_top_prompt_with_its_firing_token(server, page):
     assert page.locator(".sae-text-example").first.locator(".sae-token").count() == 5
     assert page.locator(".sae-lab-panel canvas.sae-heat").count() == 0
     page.click("text=← All features")
+    page.fill("[data-testid=sae-atlas-search]", "")  # an earlier search may still filter the grid
     page.wait_for_selector("[data-testid=sae-feature-3] .sae-token-card")
     assert page.locator("[data-testid=sae-feature-3] .sae-token-card").text_content() == "tiger"
     assert page.watch.problems == []
