@@ -95,16 +95,18 @@ class SAECollectTextActivations(CollectionNode):
         chosen = layout.resolve_many(check_text("layers", layers or "", MAX_BLOCKS_TEXT))
         name = check_dataset_name(dataset_name)
         root = folders.target(folders.DATASET_FOLDER, name, "dataset_name")
-        header = text_collection_header(
-            name, {"fingerprint": clip_fingerprint(clip), "family": "text", "architecture": type(model).__name__},
-            dtype, chosen, special_tokens=special_tokens, prompts_per_shard=prompts_per_shard)
+        clip_info = {"fingerprint": clip_fingerprint(clip), "clip": type(model).__name__}
+        encoders = {b.short: encoder_of(b, text_encoders()) for b in chosen}
+        if len({e.name for e in encoders.values()}) == 1:  # the trained SAE's model_family: clip_l, clip_g or t5
+            clip_info["family"] = next(iter(encoders.values())).name
+        header = text_collection_header(name, clip_info, dtype, chosen, special_tokens=special_tokens,
+                                        prompts_per_shard=prompts_per_shard)
         writer = ActivationDatasetWriter(root, header, shown_name=name)
         plans = writer.plan(prompt_list, [0] * len(prompt_list), prompts_per_shard)
         work = text_collection_work(sum(p.n_prompts for p in plans if not writer.is_done(p)), layers=len(chosen))
         check_work(work, max_work())  # refused above the server's cap before anything is encoded
         show_progress_text(f"will encode {work.describe()}")
         recorders = {b.short: TextCollectPatch(dtype) for b in chosen}
-        encoders = {b.short: encoder_of(b, text_encoders()) for b in chosen}
         patched = clip
         for block in chosen:
             patched = install_text_patch(patched, block, recorders[block.short], cls.node_name())

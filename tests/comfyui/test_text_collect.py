@@ -195,6 +195,7 @@ def test_train_then_steer_and_build_the_text_atlas(sd1, collected, tmp_path, mon
                                         steps=30, learning_rate=1e-3, init_seed=0, resume=False, block="clip_l.3",
                                         log_every=10).result
     assert sae.d_in == CLIP_WIDTH and sae.hookpoint == "text_encoder.text_model.encoder.layers.3"
+    assert sae.model_family == "clip_l"  # the encoder, as Load SAE names a text SAE's family
     assert sae.has_stats and "FVU" in info
     steered = SAETextSteer.execute(sd1, sae, mode="add", features=str(int(sae.feature_firing_rate.argmax())),
                                    strength=5.0).result[0]  # layer "" resolves the SAE's own hookpoint

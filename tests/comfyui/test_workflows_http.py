@@ -242,5 +242,5 @@ def test_collect_text_train_workflow_writes_a_text_dataset_and_an_sae_of_that_la
     assert manifest["blocks"]["clip_l.9"]["hookpoint"] == "text_encoder.text_model.encoder.layers.9"
     assert sum(s["rows"]["clip_l.9"] for s in manifest["shards"]) > 8 * 4  # a row per real token of each prompt
     sae = load_sae(server.base / "models" / "sae" / "text" / "sd15_clip_l9.safetensors")
-    assert (sae.hookpoint, sae.d_in, sae.n_latents, sae.k) == ("text_encoder.text_model.encoder.layers.9", 64, 3072,
-                                                               32)
+    assert (sae.hookpoint, sae.model_family, sae.d_in, sae.n_latents, sae.k) == (
+        "text_encoder.text_model.encoder.layers.9", "clip_l", 64, 3072, 32)
