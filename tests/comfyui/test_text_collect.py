@@ -130,14 +130,7 @@ def test_rerun_skips_finished_shards_and_cancel_keeps_them(sd1, tmp_path, monkey
     real_encode = type(sd1).encode_from_tokens
     monkeypatch.setattr(type(sd1), "encode_from_tokens", lambda self, *a, **k: encodes.append(1) or
                         real_encode(self, *a, **k))
-    real_write = ActivationDatasetWriter.write_shard
-
-    def write_then_cancel(self, plan, per_block):
-        entry = real_write(self, plan, per_block)
-        comfy.model_management.interrupt_current_processing(True)  # the user presses Cancel
-        return entry
-
-    monkeypatch.setattr(ActivationDatasetWriter, "write_shard", write_then_cancel)
+    real_write = comfy_harness.cancel_after_each_shard(monkeypatch)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             collect(sd1, PROMPTS[:3], batch_size=8)
