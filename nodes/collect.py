@@ -33,6 +33,50 @@ def check_dataset_name(name: object) -> str:
     return text
 
 
+PROMPTS_FILE_HELP = ("A .txt file (one prompt per line) or .csv (a prompt/caption/text column) in ComfyUI's input "
+                     "folder; its prompts come after the ones typed above.")
+
+
+def prompt_list_input(tooltip: str) -> io.String.Input:
+    """The typed prompt list of the collection nodes (one prompt per line); see :func:`read_prompt_list`."""
+    return io.String.Input("prompts", multiline=True, default="a photo of a cat\na watercolor painting of a city",
+                           tooltip=tooltip)
+
+
+def prompts_file_input() -> io.String.Input:
+    return io.String.Input("prompts_file", default="", optional=True, tooltip=PROMPTS_FILE_HELP)
+
+
+def read_prompt_list(prompts: str, prompts_file: str = "") -> list[str]:
+    """The typed prompts, then those of ``prompts_file`` (a name inside ComfyUI's input folder)."""
+    prompt_list = parse_prompts(prompts)
+    if (prompts_file or "").strip():
+        prompt_list += read_prompt_file(folders.input_file(prompts_file.strip(), "prompts_file"),
+                                        shown_name=prompts_file.strip())
+    return prompt_list
+
+
+def dataset_outputs() -> list[io.String.Output]:
+    """The outputs of the collection nodes: the dataset's name (for SAE Train) and what was collected."""
+    return [io.String.Output(display_name="dataset", tooltip="The dataset's name in output/sae_datasets, for "
+                                                             "SAE Train."),
+            io.String.Output(display_name="info", tooltip="What was collected.")]
+
+
+class CollectionNode(SAENode):
+    """A node that writes an activation dataset (``dataset_name``) in output/sae_datasets."""
+
+    @classmethod
+    def fingerprint_inputs(cls, dataset_name: str = "", **kwargs):
+        """Run again when the dataset's finished shards on disk changed (e.g. the folder was deleted)."""
+        try:
+            root = folders.target(folders.DATASET_FOLDER, check_dataset_name(dataset_name), "dataset_name")
+            shards = read_manifest(root)["shards"]
+            return tuple(sorted(f for s in shards for f in s["files"].values() if (root / f).is_file()))
+        except Exception:
+            return None
+
+
 def model_fingerprint(model) -> str:
     """Which weights (and which weight patches such as LoRAs) produced the activations."""
     diffusion_model = model.get_model_object("diffusion_model")
@@ -40,7 +84,7 @@ def model_fingerprint(model) -> str:
     return weights_digest(diffusion_model.named_parameters(), extra=[repr(patches)])
 
 
-class SAECollectActivations(SAENode):
+class SAECollectActivations(CollectionNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -56,9 +100,8 @@ class SAECollectActivations(SAENode):
             inputs=[
                 io.Model.Input("model", tooltip="The model whose blocks are recorded (with any LoRAs applied)."),
                 io.Clip.Input("clip", tooltip="Encodes the prompts, as CLIP Text Encode does."),
-                io.String.Input("prompts", multiline=True, default="a photo of a cat\na watercolor painting of a city",
-                                tooltip="One prompt per line. Real datasets use thousands (sdxl-unbox used LAION-COCO "
-                                        "captions); add more lines later and re-run: finished shards are kept."),
+                prompt_list_input("One prompt per line. Real datasets use thousands (sdxl-unbox used LAION-COCO "
+                                  "captions); add more lines later and re-run: finished shards are kept."),
                 io.String.Input("blocks", default="down.2.1",
                                 tooltip="One block or several, comma separated, in any notation: down.2.1, "
                                         "up_blocks.0.attentions.1, input_blocks.8.1, mid.0."),
@@ -83,9 +126,7 @@ class SAECollectActivations(SAENode):
                                tooltip="Store the positive (conditional) pass only, as SAeUron, or both CFG passes."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp16",
                                tooltip="Storage precision; fp16 halves the disk space of fp32."),
-                io.String.Input("prompts_file", default="", optional=True,
-                                tooltip="A .txt file (one prompt per line) or .csv (a prompt/caption/text column) in "
-                                        "ComfyUI's input folder; its prompts come after the ones typed above."),
+                prompts_file_input(),
                 io.String.Input("negative", default="", optional=True, tooltip="Negative prompt (used when cfg > 1)."),
                 io.Int.Input("prompts_per_shard", default=8, min=1, max=100000, optional=True,
                              tooltip="Prompts per shard file: the unit of resuming and of the training shuffle."),
@@ -94,22 +135,8 @@ class SAECollectActivations(SAENode):
                                      "are kept, drawn at random (the same ones on a re-run): a 1024 px Flux image "
                                      "has 4096 positions per block and step; 256 of them in bf16 are 1.5 MB."),
             ],
-            outputs=[
-                io.String.Output(display_name="dataset", tooltip="The dataset's name in output/sae_datasets, for "
-                                                                 "SAE Train."),
-                io.String.Output(display_name="info", tooltip="What was collected."),
-            ],
+            outputs=dataset_outputs(),
         )
-
-    @classmethod
-    def fingerprint_inputs(cls, dataset_name: str = "", **kwargs):
-        """Run again when the dataset's finished shards on disk changed (e.g. the folder was deleted)."""
-        try:
-            root = folders.target(folders.DATASET_FOLDER, check_dataset_name(dataset_name), "dataset_name")
-            shards = read_manifest(root)["shards"]
-            return tuple(sorted(f for s in shards for f in s["files"].values() if (root / f).is_file()))
-        except Exception:
-            return None
 
     @classmethod
     def execute(cls, model, clip, prompts: str, blocks: str, store: str, dataset_name: str, steps: int, cfg: float,
@@ -125,10 +152,7 @@ class SAECollectActivations(SAENode):
         settings = SamplingSettings.checked(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler,
                                             seed=base_seed, width=width, height=height)
         negative = check_text("negative", negative or "", 10_000)
-        prompt_list = parse_prompts(prompts)
-        if (prompts_file or "").strip():
-            prompt_list += read_prompt_file(folders.input_file(prompts_file.strip(), "prompts_file"),
-                                            shown_name=prompts_file.strip())
+        prompt_list = read_prompt_list(prompts, prompts_file)
         layout = model_block_layout(model)
         chosen = []
         for text in check_text("blocks", blocks or "", MAX_BLOCKS_TEXT).split(","):

@@ -193,8 +193,8 @@ class SAETextSteer(SAENode):
         strength = check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
         require_clip(clip)
         target = resolve_layer(clip, sae, layer)
+        prompt = check_text("concept", concept or "", MAX_PROMPT).strip()  # bounded in every mode, used or not
         if mode == "concept":
-            prompt = check_text("concept", concept or "", MAX_PROMPT).strip()
             if not prompt:
                 raise SAEInputError("mode concept needs a concept prompt (e.g. 'snowy landscape'); or pick a "
                                     "feature mode and give feature ids")

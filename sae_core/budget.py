@@ -83,3 +83,10 @@ def collection_work(prompts: int, steps: int, *, blocks: int, passes: int, posit
     per_image = min(positions_per_image, latent_positions) if positions_per_image else latent_positions
     return Work(prompts, steps, f"{prompts:,} {_plural(prompts, 'prompt')} to collect",
                 rows=prompts * steps * passes * per_image * blocks)
+
+
+def text_collection_work(prompts: int, *, layers: int) -> Work:
+    """A text collection: each prompt is one text encoding, counted as one image-step (an encoding costs far less
+    than a sampling step, so the cap is never tighter for text than for images)."""
+    return Work(prompts, 1, f"{prompts:,} {_plural(prompts, 'prompt')} to encode at {layers:,} "
+                            f"{_plural(layers, 'layer')}")

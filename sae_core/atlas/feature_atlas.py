@@ -60,6 +60,7 @@ class Generation:
     seed: int | None
     grid: tuple[int, int]
     has_thumbnail: bool = False
+    tokens: list[str] | None = None  # a prompt's tokens at a text-encoder layer (its grid is (1, len(tokens)))
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Example:
     prompt: str = ""
     seed: int | None = None
     thumbnail: np.ndarray | None = None  # (H, W, 3) uint8 or float in [0, 1]
+    tokens: list[str] | None = None  # a text example: the texts of its (1, T) positions, scored by their peak
 
 
 @dataclass
@@ -112,11 +114,18 @@ class FeatureAtlas:
         self.activation_sum += scores
         self.active_positions.index_add_(0, flat_indices[positive], torch.ones(int(positive.sum()), dtype=torch.long))
         self.total_positions += h * w
-        scores = (scores / (h * w)).float()
+        if example.tokens is None:
+            scores = (scores / (h * w)).float()
+        else:  # a feature firing on one token of a long prompt ranks as high as on a short one: its peak
+            if len(example.tokens) != h * w:
+                raise SAEInputError(f"a text example has {len(example.tokens)} tokens but a code of {h * w}")
+            scores = torch.zeros(self.n_latents).scatter_reduce_(0, flat_indices[positive], flat_values[positive],
+                                                                  "amax")
 
         gen_id = self.next_id
         self.next_id += 1
-        self.generations[gen_id] = Generation(example.prompt, example.seed, (h, w), example.thumbnail is not None)
+        self.generations[gen_id] = Generation(example.prompt, example.seed, (h, w), example.thumbnail is not None,
+                                              None if example.tokens is None else list(example.tokens))
         self.codes[gen_id] = SparseCode(values.detach().to(torch.float16).cpu().clone(),
                                         indices.detach().to(torch.int32).cpu().clone())
         if example.thumbnail is not None:
@@ -162,6 +171,14 @@ class FeatureAtlas:
         values, indices = self.codes[gen_id]
         return (values.float() * (indices == feature)).sum(-1).numpy()
 
+    def top_token(self, feature: int) -> str | None:
+        """A text atlas: the token the feature fires on most in its top prompt (None for image atlases)."""
+        gen_id = int(self.top_gens[feature, 0])
+        gen = self.generations.get(gen_id)
+        if gen is None or gen.tokens is None:
+            return None
+        return gen.tokens[int(self.feature_map(gen_id, feature).reshape(-1).argmax())]
+
     def label(self, feature: int) -> ShownLabel | None:
         """The label shown for a feature: the user's, else an imported one."""
         return shown_label(self.labels, self.imported, feature)
@@ -178,7 +195,7 @@ class FeatureAtlas:
                 continue
             gen = self.generations[gen_id]
             examples.append({"generation": gen_id, "score": score, "prompt": gen.prompt, "seed": gen.seed,
-                             "grid": list(gen.grid), "has_thumbnail": gen.has_thumbnail,
+                             "grid": list(gen.grid), "has_thumbnail": gen.has_thumbnail, "tokens": gen.tokens,
                              "map": self.feature_map(gen_id, feature).round(4).tolist()})
         label = self.label(feature)
         return {"id": feature, "label": label.text if label else "",
@@ -215,7 +232,7 @@ class FeatureAtlas:
             rows.append({"id": f, "label": label.text if label else "", "category": label.category if label else "",
                          "confidence": label.confidence if label else "", "source": label.source if label else "",
                          "firing_rate": float(rate[f]), "mean_activation": float(mean[f]),
-                         "top_generation": int(self.top_gens[f, 0])})
+                         "top_generation": int(self.top_gens[f, 0]), "top_token": self.top_token(f)})
         return {"total": len(ids), "features": rows, "meta": self.meta, "generations_seen": self.next_id,
                 "labelled": len(labels)}
 
@@ -306,7 +323,8 @@ class FeatureAtlas:
         offset = 0
         for gen_id in tables.get("code_generations", torch.zeros(0, dtype=torch.long)).tolist():
             raw = index["generations"][str(gen_id)]
-            gen = Generation(raw["prompt"], raw["seed"], tuple(raw["grid"]), raw.get("has_thumbnail", False))
+            gen = Generation(raw["prompt"], raw["seed"], tuple(raw["grid"]), raw.get("has_thumbnail", False),
+                             raw.get("tokens"))
             h, w = gen.grid
             rows = slice(offset, offset + h * w)
             atlas.codes[gen_id] = SparseCode(tables["code_values"][rows].reshape(h, w, -1),

@@ -52,8 +52,9 @@ class TextNotation(Notation):
 @dataclass(frozen=True)
 class TextEncoder(Family):
     """One text encoder as ComfyUI holds it: ``attribute`` on the CLIP's ``cond_stage_model`` (clip_l, clip_g,
-    t5xxl), ``layers`` the ModuleList path inside it, its diffusers layer-list prefixes (the first canonical),
-    short codes, its released width, and whether its layers return ``(x, extra)`` (T5 blocks) or ``x`` (CLIP)."""
+    t5xxl), ``token_key`` its key in the CLIP's tokens (l, g, t5xxl), ``layers`` the ModuleList path inside it,
+    its diffusers layer-list prefixes (the first canonical), short codes, its released width, and whether its
+    layers return ``(x, extra)`` (T5 blocks) or ``x`` (CLIP)."""
 
     name: str
     title: str
@@ -62,6 +63,7 @@ class TextEncoder(Family):
     diffusers: tuple[str, ...]
     short: tuple[str, ...]
     released_width: int
+    token_key: str = ""
     returns_tuple: bool = False
     classes: tuple[str, ...] = field(default=())
 

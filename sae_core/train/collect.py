@@ -88,6 +88,24 @@ def collect(writer: ActivationDatasetWriter, plans: list[ShardPlan], recorders: 
     """Run every prompt of every unfinished shard through ``run_prompt`` (which samples with the recorders
     installed), writing each shard when its prompts are done. ``check_cancel`` may raise to stop: finished
     shards stay on disk, the shard in progress is dropped. ``on_prompt_done(n)`` reports progress."""
+    def run_shard(plan: ShardPlan) -> None:
+        for prompt_index in range(*plan.prompts):
+            if check_cancel:
+                check_cancel()
+            for recorder in recorders.values():
+                recorder.prompt_index = prompt_index
+            run_prompt(prompt_index)
+            if on_prompt_done:
+                on_prompt_done(1)
+
+    return collect_shards(writer, plans, recorders, run_shard, on_prompt_done, check_cancel)
+
+
+def collect_shards(writer: ActivationDatasetWriter, plans: list[ShardPlan], recorders: dict,
+                   run_shard: Callable[[ShardPlan], None], on_prompt_done: Callable[[int], None] | None = None,
+                   check_cancel: Callable[[], None] | None = None) -> CollectResult:
+    """The shard loop of every collection: skip finished shards, run the others through ``run_shard`` (which fills
+    the recorders: objects with ``take() -> ShardData``) and write each one as it finishes."""
     written, skipped = [], []
     for plan in plans:
         if writer.is_done(plan):
@@ -97,14 +115,7 @@ def collect(writer: ActivationDatasetWriter, plans: list[ShardPlan], recorders: 
             continue
         for recorder in recorders.values():
             recorder.take()  # drop anything left from an interrupted shard
-        for prompt_index in range(*plan.prompts):
-            if check_cancel:
-                check_cancel()
-            for recorder in recorders.values():
-                recorder.prompt_index = prompt_index
-            run_prompt(prompt_index)
-            if on_prompt_done:
-                on_prompt_done(1)
+        run_shard(plan)
         if check_cancel:
             check_cancel()
         writer.write_shard(plan, {block: recorder.take() for block, recorder in recorders.items()})

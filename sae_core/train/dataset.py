@@ -43,6 +43,7 @@ class ShardData:
     activations: list[Tensor] = field(default_factory=list)
     rows: dict[str, list[Tensor]] = field(default_factory=lambda: {key: [] for key in ROW_KEYS})
     grid: tuple[int, int] | None = None
+    meta: dict[str, str] = field(default_factory=dict)  # extra shard-file metadata (a text collection's tokens)
 
     @property
     def n_rows(self) -> int:
@@ -96,9 +97,14 @@ def collection_header(name: str, model: dict, input_kind: str, dtype: str, block
         "settings": {"steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": scheduler, "seed": seed,
                      "width": width, "height": height, "passes": passes, "negative": negative,
                      "prompts_per_shard": prompts_per_shard, "positions_per_image": positions_per_image},
-        "blocks": {b.short: {"diffusers": b.diffusers, "comfy": b.comfy, "hookpoint": b.hookpoint,
-                             "channels": b.channels} for b in blocks},
+        "blocks": block_entries(blocks),
     }
+
+
+def block_entries(blocks: Iterable[Block]) -> dict[str, dict]:
+    """The manifest's ``blocks``: each block's names (the hookpoint becomes a trained SAE's) and width."""
+    return {b.short: {"diffusers": b.diffusers, "comfy": b.comfy, "hookpoint": b.hookpoint, "channels": b.channels}
+            for b in blocks}
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -187,10 +193,10 @@ class ActivationDatasetWriter:
                     f"block {block} computed NaN or infinite values in {bad} of {rows.shape[0]} rows of shard "
                     f"{plan.index} ({prompts}); nothing was written for this shard. The model diverges there: check "
                     f"the model, its dtype and the sampler settings")
-            ready[block] = (tensors, data.grid)
-        for block, (tensors, grid) in ready.items():
+            ready[block] = (tensors, data.grid, data.meta)
+        for block, (tensors, grid, extra) in ready.items():
             name = shard_file(block, plan.index)
-            meta = {"block": block, "grid": json.dumps(list(grid or ())), "dataset_format": FORMAT_TAG}
+            meta = {**extra, "block": block, "grid": json.dumps(list(grid or ())), "dataset_format": FORMAT_TAG}
             with atomic_write(self.root / name) as tmp:
                 save_file(tensors, str(tmp), metadata=meta)
             entry["files"][block] = name

@@ -67,6 +67,23 @@ def load_pack():
     return module
 
 
+def cancel_after_each_shard(monkeypatch):
+    """Cancel pressed as soon as a collection has written a shard (the shard is kept); the real ``write_shard``
+    is returned, to put back."""
+    import comfy.model_management
+
+    writer = sys.modules[f"{PACK_NAME}.sae_core.train.dataset"].ActivationDatasetWriter
+    real_write = writer.write_shard
+
+    def write_then_cancel(self, plan, per_block):
+        entry = real_write(self, plan, per_block)
+        comfy.model_management.interrupt_current_processing(True)  # the user presses Cancel
+        return entry
+
+    monkeypatch.setattr(writer, "write_shard", write_then_cancel)
+    return real_write
+
+
 def tiny_sae(d_in: int = 128, n_latents: int = 256, k: int | None = 8, **kwargs):
     """factories.tiny_sae, built as the pack's own SparseAutoencoder (the class its nodes check), at the tiny
     models' block width."""

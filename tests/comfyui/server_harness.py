@@ -174,8 +174,10 @@ TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
 
 # Each workflow's family, from its file name; its loaders are swapped for the test pack's tiny ones.
 FAMILY_PREFIXES = (("flux_text", "flux_clip"), ("flux", "flux"), ("sd3", "sd3"), ("qwen_image", "qwen_image"),
-                   ("sd15_text", "sd15_clip"), ("sd15", "sd15"), ("sdxl", "sdxl"))
-MODEL_OF_FAMILY = {"flux_clip": "flux", "sd15_clip": "sd15"}  # the tiny pack's families with a real tiny CLIP
+                   ("sd15_text", "sd15_clip"), ("sd15_collect_text", "sd15_clip"), ("sd15", "sd15"),
+                   ("sdxl_text", "sdxl_clip"), ("sdxl", "sdxl"))
+# the tiny pack's families with a real tiny CLIP
+MODEL_OF_FAMILY = {"flux_clip": "flux", "sd15_clip": "sd15", "sdxl_clip": "sdxl"}
 DIT_FAMILIES = ("flux", "sd3", "qwen_image")
 LOADERS = {"CheckpointLoaderSimple": "SAELabTestTinyCheckpoint", "UNETLoader": "SAELabTestTinyDiffusionModel",
            "DualCLIPLoader": "SAELabTestTinyTextEncoder", "TripleCLIPLoader": "SAELabTestTinyTextEncoder",
@@ -269,9 +271,23 @@ TEXT_SAES = {"text_encoder.text_model.encoder.layers.9_k32_hidden3072_auxk32_bs4
              "text_encoder.text_model.encoder.layers.22_k64_hidden65536_auxk64_bs4096_lr0.0004": (32, 128, 16)}
 
 
+# Native text-encoder SAEs (as SAE Train saves them) by file name: (hookpoint, width of the tiny encoder, latents, k);
+# the SDXL one at the tiny SDXL CLIP-G's width (tiny_text.build_sdxl_clip)
+NATIVE_TEXT_SAES = {"sdxl_clip_g30.safetensors": ("text_encoder_2.text_model.encoder.layers.30", 40, 160, 8)}
+
+
 def place_text_saes(models: Path) -> None:
+    import torch
+
+    from sae_core import SparseAutoencoder, save_sae
+
     for run, (d, n, k) in TEXT_SAES.items():
         write_text_unbox(models / "sae", run, d=d, n=n, k=k, extra_cfg={"auxk_coef": 1 / 32})
+    for i, (filename, (hookpoint, d, n, k)) in enumerate(sorted(NATIVE_TEXT_SAES.items())):
+        sae = SparseAutoencoder(d, n, k, hookpoint=hookpoint, input_kind="output", name=Path(filename).stem)
+        sae.reset_parameters(torch.Generator().manual_seed(i))
+        sae.set_feature_stats(mean=torch.full((n,), 2.0))
+        save_sae(sae, models / "sae" / filename)
 
 
 def place_dit_saes(models: Path) -> None:

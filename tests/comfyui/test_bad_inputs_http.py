@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import comfy_harness  # noqa: F401  (first: skips without COMFYUI_PATH)
-from server_harness import ComfyServer, place_hub_saes, saved_images
+from server_harness import TEXT_SAES, ComfyServer, place_hub_saes, place_text_saes, saved_images
 
 from sae_core import load_sae
 from sae_core.observe.concept_profile import ConceptProfile
@@ -37,7 +37,11 @@ DISPLAY = {"SAELoader": "Load SAE", "SAEFeatureSteer": "SAE Feature Steer", "SAE
            "SAESaveConcept": "SAE Save Concept", "SAELoadConcept": "SAE Load Concept",
            "SAEFindFeatures": "SAE Find Features", "SAECollectActivations": "SAE Collect Activations",
            "SAETrain": "SAE Train", "SAESave": "SAE Save", "SAEImportLabels": "SAE Import Labels",
-           "SAEInspect": "SAE Inspect"}
+           "SAEInspect": "SAE Inspect",
+           "SAETextSteer": "SAE Text Steer", "SAETextFeatures": "SAE Text Features", "SAETextErase": "SAE Text Erase",
+           "SAECollectTextActivations": "SAE Collect Text Activations"}
+CLIP_L9_SAE, T5_SAE = (f"{run}/final" for run in TEXT_SAES)  # Concept Steerers' layout: CLIP-L 9 (64 wide), T5 (32)
+REPEATED = {"30"}  # a second Load SAE (of the text SAE): its inputs are node 5's, tried there
 
 
 def graph() -> dict:
@@ -92,7 +96,24 @@ def graph() -> dict:
         "27": node("SAESave", sae=["26", 0], filename="bad_sae", overwrite=True),
         "28": node("SAEImportLabels", sae=["5", 0], labels_file="labels.csv", hub_repo="", hub_path="",
                    hub_repo_type="dataset", replace_imported=False, atlas_name="bad_labels", preview_source=""),
-        "29": node("SAEInspect", recording=["7", 1], image=["9", 0], mask_features="3", mask_step=-1),
+        # the text nodes, on a real (tiny) ComfyUI CLIP-L of SD1.5's 12 layers at the tiny U-Net's width
+        "29": node("SAELabTestTinyTextEncoder", family="sd15_clip"),
+        "30": node("SAELoader", sae_name=CLIP_L9_SAE, hub_repo="", hub_subfolder=""),
+        "31": node("SAETextErase", clip=["29", 0], sae=["30", 0], target_prompts="a painting in the style of Van Gogh",
+                   remain_prompts="a photo of a cat", multiplier=-8.0, top_n=16, layer=""),
+        "32": node("SAETextSteer", clip=["31", 0], sae=["30", 0], mode="add", concept="", features="3, 7:2",
+                   strength=2.0, layer="", words="dog"),
+        "33": node("CLIPTextEncode", text="a photo of a dog", clip=["32", 0]),
+        "34": node("KSampler", model=["1", 0], seed=0, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+                   positive=["33", 0], negative=["3", 0], latent_image=["4", 0], denoise=1.0),
+        "35": node("VAEDecode", samples=["34", 0], vae=["1", 2]),
+        "36": node("PreviewImage", images=["35", 0]),
+        "37": node("SAETextFeatures", clip=["29", 0], sae=["30", 0], prompt="a photo of a dog", top_k=3, layer=""),
+        "38": node("SAECollectTextActivations", clip=["29", 0], prompts="a dog\na cat", layers="clip_l.9",
+                   dataset_name="bad_text_ds", dtype="fp16", prompts_file="", special_tokens=False,
+                   prompts_per_shard=1, batch_size=2),
+        "39": node("PreviewAny", source=["38", 1]),
+        "41": node("SAEInspect", recording=["7", 1], image=["9", 0], mask_features="3", mask_step=-1),
     }
 
 
@@ -109,9 +130,9 @@ def bad_values(kind: str, outside: Path) -> list[tuple[str, object]]:
     return []
 
 
-# (node, input, case) -> why the value is legitimate and the run must succeed. (Collection's prompts and negative
-# prompt are free text too, but any change of them is refused: the dataset in output/sae_datasets already holds
-# shards made from the others.)
+# (node, input, case) -> why the value is legitimate and the run must succeed. (The collections' prompts and the
+# negative prompt are free text too, but any change of them is refused: the dataset in output/sae_datasets already
+# holds shards made from the others.)
 ACCEPTED = {
     ("SAELoader", "hub_repo", "empty"): "no hub repo: the SAE comes from models/sae",
     ("SAELoader", "hub_subfolder", "empty"): "the whole repo (unused without hub_repo)",
@@ -146,6 +167,16 @@ ACCEPTED = {
     ("SAEImportLabels", "atlas_name", "empty"): "the atlas goes beside the SAE, inside models/sae",
     ("SAEImportLabels", "preview_source", "empty"): "keeps the atlas's preview setting",
     ("SAEInspect", "mask_features", "empty"): "no features: an empty MASK",
+    **{(node, "layer", "empty"): "the SAE's own layer" for node in ("SAETextErase", "SAETextSteer", "SAETextFeatures")},
+    **{(node, which, case): "a prompt is free text"
+       for node, which in (("SAETextErase", "target_prompts"), ("SAETextErase", "remain_prompts"),
+                           ("SAETextFeatures", "prompt"), ("SAETextSteer", "words"))
+       for case in ("binary", "dotdot", "absolute", "urlencoded")},
+    ("SAETextErase", "remain_prompts", "empty"): "nothing to keep: every top feature of the target is its own",
+    ("SAETextSteer", "words", "empty"): "every token of the prompt",
+    **{("SAETextSteer", "concept", case): "free text, unused in the feature modes"
+       for case in ("empty", "binary", "dotdot", "absolute", "urlencoded")},
+    ("SAECollectTextActivations", "prompts_file", "empty"): "no prompt file",
 }
 
 
@@ -176,6 +207,7 @@ def setup(tmp_path_factory):
     outside.mkdir()
     (outside / "secret.txt").write_text("do not serve me")
     place_hub_saes(base / "models")
+    place_text_saes(base / "models")
     sae = load_sae(base / "models" / "sae" / SAE)
     profile = ConceptProfile(torch.rand(1, sae.n_latents), torch.rand(1, sae.n_latents), 1, 1, (14.6,), sae.identity(),
                              "up_blocks.1.attentions.1", "pre")
@@ -202,7 +234,7 @@ def test_every_bad_input_of_every_node_is_refused_naming_the_node_or_legitimatel
     outcomes, wrong = {}, []
     info = server.object_info
     for node_id, node in graph().items():
-        if node["class_type"] not in DISPLAY:
+        if node["class_type"] not in DISPLAY or node_id in REPEATED:
             continue
         spec = {**info[node["class_type"]]["input"].get("required", {}),
                 **info[node["class_type"]]["input"].get("optional", {})}
@@ -230,13 +262,15 @@ def test_every_bad_input_of_every_node_is_refused_naming_the_node_or_legitimatel
     assert len(outcomes) > 250 and sum(s != "done" for s in outcomes.values()) > 200
 
     # a prompt file is read only from the input folder: not through a link out of it, and not if binary
-    for value, message in (("linked.txt", "leads outside its folder"), ("binary.txt", "is not UTF-8 text"),
-                           (str(outside / "secret.txt"), "is not a valid file name")):
-        prompt = copy.deepcopy(normal)
-        prompt["25"]["inputs"]["prompts_file"] = value
-        status, detail = submit(server, prompt)
-        assert status == "failed" and detail["node_id"] == "25" and message in detail["exception_message"], detail
-        assert str(base) not in detail["exception_message"]  # never the server's own paths
+    for collector in ("25", "38"):
+        for value, message in (("linked.txt", "leads outside its folder"), ("binary.txt", "is not UTF-8 text"),
+                               (str(outside / "secret.txt"), "is not a valid file name")):
+            prompt = copy.deepcopy(normal)
+            prompt[collector]["inputs"]["prompts_file"] = value
+            status, detail = submit(server, prompt)
+            assert status == "failed" and detail["node_id"] == collector, detail
+            assert message in detail["exception_message"], detail
+            assert str(base) not in detail["exception_message"]  # never the server's own paths
 
     assert server.get("/object_info/SAELoader")["SAELoader"]["name"] == "SAELoader"  # the server still answers
     assert {p.name for p in top.iterdir()} == {"base", "outside"}
@@ -248,6 +282,26 @@ def test_every_bad_input_of_every_node_is_refused_naming_the_node_or_legitimatel
     status, entry = submit(server, normal)
     assert status == "done"
     assert np.array_equal(saved_images(server, entry)[-1], before)
+
+
+@pytest.mark.parametrize("node_id", ["31", "32", "37", "38"])
+def test_text_nodes_refuse_an_sae_of_another_encoders_width_and_layers_the_clip_lacks(setup, node_id):
+    """The tiny SD1.5 CLIP has CLIP-L layers 0-11, 64 wide: a T5 SAE (32 wide), CLIP-L layer 12 and a T5 block are
+    refused by the node that reads them, naming it and the valid layers or widths."""
+    server = setup[0]
+    display = DISPLAY[graph()[node_id]["class_type"]]
+    cases = [({"layers": "clip_l.12"}, "clip_l.12"), ({"layers": "t5.22"}, "t5.22")] if node_id == "38" else [
+        ({"sae": ["40", 0], "layer": "clip_l.9"}, "the SAE has width 32 but layer clip_l.9"),
+        ({"layer": "clip_l.12"}, "clip_l.12"), ({"layer": "t5.22"}, "t5.22")]
+    for inputs, message in cases:
+        prompt = graph()
+        prompt["40"] = {"class_type": "SAELoader", "inputs": {"sae_name": T5_SAE, "hub_repo": "", "hub_subfolder": ""}}
+        prompt[node_id]["inputs"].update(inputs)
+        status, detail = submit(server, prompt)
+        assert status == "failed" and detail["node_id"] == node_id, (inputs, status, str(detail)[:500])
+        text = detail["exception_message"]
+        assert text.startswith(f"{display}: ") and message in text, text
+        assert "clip_l.0" in text or "CLIP-L 64" in text, text  # what is valid
 
 
 def _answer(status: int, body: bytes) -> tuple[int, dict]:

@@ -149,6 +149,34 @@ def test_top_features_show_their_table_and_link_into_the_atlas(page):
     assert node_id is not None
 
 
+def test_a_text_atlas_shows_each_top_prompt_with_its_firing_token(server, page):
+    """A text atlas (from SAE Collect Text Activations' data): per feature its top prompts, each as its tokens
+    tinted by the feature and the peak token marked, no heatmap canvas; the grid's card names the top token."""
+    import torch
+
+    from sae_core import SparseCode
+    from sae_core.atlas.feature_atlas import Example, FeatureAtlas
+
+    atlas = FeatureAtlas(16, top_n=2, meta={"name": "text", "hookpoint": "text_encoder.text_model.encoder.layers.9"})
+    for tokens, peak, score in ((["a ", "tiger ", "in ", "the ", "grass "], 1, 4.0),
+                                (["stripes ", "on ", "a ", "zebra "], 0, 3.0)):
+        values = torch.full((1, len(tokens), 1), 0.5)
+        values[0, peak, 0] = score
+        atlas.add(Example(SparseCode(values, torch.full((1, len(tokens), 1), 3)), prompt="".join(tokens).strip(),
+                          tokens=tokens))
+    atlas.save(server.base / "models" / "sae" / "text.atlas")
+    page.evaluate("() => window.SAELab.openFeature('text.atlas', 3)")
+    page.wait_for_function("() => document.querySelectorAll('.sae-text-example').length === 2")
+    assert page.locator("[data-testid=sae-token-peak]").all_text_contents() == ["tiger ", "stripes "]
+    assert page.locator(".sae-text-example").first.locator(".sae-token").count() == 5
+    assert page.locator(".sae-lab-panel canvas.sae-heat").count() == 0
+    page.click("text=← All features")
+    page.fill("[data-testid=sae-atlas-search]", "")  # an earlier search may still filter the grid
+    page.wait_for_selector("[data-testid=sae-feature-3] .sae-token-card")
+    assert page.locator("[data-testid=sae-feature-3] .sae-token-card").text_content() == "tiger"
+    assert page.watch.problems == []
+
+
 def _image_center(page, selector):
     page.wait_for_function(f"() => document.querySelector('{selector}')?.complete && "
                            f"document.querySelector('{selector}').naturalWidth > 0", timeout=30_000)

@@ -115,14 +115,7 @@ def test_rerun_skips_finished_shards_and_cancel_keeps_them(sdxl, comfy_dirs, mon
     calls = []
     real_sample = comfy.sample.sample
     monkeypatch.setattr(comfy.sample, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
-    real_write = ActivationDatasetWriter.write_shard
-
-    def write_then_cancel(self, plan, per_block):
-        entry = real_write(self, plan, per_block)
-        comfy.model_management.interrupt_current_processing(True)  # the user presses Cancel
-        return entry
-
-    monkeypatch.setattr(ActivationDatasetWriter, "write_shard", write_then_cancel)
+    real_write = comfy_harness.cancel_after_each_shard(monkeypatch)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         collect(sdxl, **kwargs)
     root = comfy_dirs / "output" / "sae_datasets" / "tiny"

@@ -208,3 +208,39 @@ def test_text_steer_workflow_changes_the_image_and_idle_does_not(server):
     plain = saved_images(server, server.run(bypassed), save_id)[0].astype(int)
     assert np.array_equal(idle_img, plain)
     assert not np.array_equal(steered, plain)
+
+
+def test_sdxl_text_features_reads_clip_g_and_its_ids_steer_the_image(server):
+    """sdxl_text_features: SAE Text Features reads CLIP-G layer 30 of SDXL's two encoders (CLIP-L 24 wide, CLIP-G 40
+    on the tiny SDXL CLIP), its ids go into SAE Text Steer, and the steered positive changes the image."""
+    prompt = tiny_prompt(comfy_harness.REPO / "example_workflows" / "sdxl_text_features.json", server.object_info)
+    features_id = next(k for k, v in prompt.items() if v["class_type"] == "SAETextFeatures")
+    steer_id = next(k for k, v in prompt.items() if v["class_type"] == "SAETextSteer")
+    save_id = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
+    assert prompt[steer_id]["inputs"]["features"] == [features_id, 2]
+    entry = server.run(prompt)
+    text = "\n".join(entry["outputs"][features_id]["text"])
+    ids = re.search(r"top features: ([\d, ]+)", text)
+    assert ids and len(ids[1].split(",")) >= 1 and "lighthouse" in text, text[:500]
+    steered = saved_images(server, entry, save_id)[0].astype(int)
+    bypassed = copy.deepcopy(prompt)
+    positive = next(v for v in bypassed.values() if v["class_type"] == "CLIPTextEncode"
+                    and v["inputs"]["clip"][0] == steer_id)
+    positive["inputs"]["clip"] = bypassed[steer_id]["inputs"]["clip"]  # the input CLIP
+    assert not np.array_equal(steered, saved_images(server, server.run(bypassed), save_id)[0].astype(int))
+
+
+def test_collect_text_train_workflow_writes_a_text_dataset_and_an_sae_of_that_layer(server):
+    prompt = tiny_prompt(comfy_harness.REPO / "example_workflows" / "sd15_collect_text_train.json",
+                         server.object_info)
+    entry = server.run(prompt)
+    features_id = next(k for k, v in prompt.items() if v["class_type"] == "SAETextFeatures")
+    assert "top features:" in "\n".join(entry["outputs"][features_id]["text"])  # the new SAE read a prompt
+    dataset = server.base / "output" / "sae_datasets" / "sd15_clip_l9"
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["settings"]["source"] == "text_encoder" and len(manifest["prompts"]) == 8
+    assert manifest["blocks"]["clip_l.9"]["hookpoint"] == "text_encoder.text_model.encoder.layers.9"
+    assert sum(s["rows"]["clip_l.9"] for s in manifest["shards"]) > 8 * 4  # a row per real token of each prompt
+    sae = load_sae(server.base / "models" / "sae" / "text" / "sd15_clip_l9.safetensors")
+    assert (sae.hookpoint, sae.model_family, sae.d_in, sae.n_latents, sae.k) == (
+        "text_encoder.text_model.encoder.layers.9", "clip_l", 64, 3072, 32)

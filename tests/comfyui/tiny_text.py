@@ -1,11 +1,12 @@
 """Tiny text encoders built with ComfyUI's own classes and the tokenizers shipped in the ComfyUI tree: an SD1.5-style
-CLIP (CLIP-L only) and a Flux-style CLIP (CLIP-L + T5), with configs small enough for the CPU, and the same
-weights in transformers' CLIPTextModel / T5EncoderModel for the cross-check."""
+CLIP (CLIP-L only), an SDXL-style CLIP (CLIP-L + CLIP-G) and a Flux-style CLIP (CLIP-L + T5), with configs small
+enough for the CPU, and the same weights in transformers' CLIPTextModel / T5EncoderModel for the cross-check."""
 from __future__ import annotations
 
 import comfy.sd
 import torch
 import comfy.sd1_clip
+import comfy.sdxl_clip
 import comfy.supported_models_base
 import comfy.text_encoders.flux
 import comfy.text_encoders.t5
@@ -85,6 +86,43 @@ def build_flux_clip(seed: int = 0, clip_width: int = CLIP_WIDTH, t5_width: int =
     _init_weights(clip.cond_stage_model, seed)
     with torch.no_grad():  # outputs of magnitude < 1: ComfyUI's and transformers' T5 differ by fp32 rounding
         clip.cond_stage_model.t5xxl.transformer.encoder.final_layer_norm.weight.mul_(0.25)  # (~4e-6 relative)
+    return clip
+
+
+def sdxl_encoder_class(l_config: dict, g_config: dict, pooled: int):
+    """SDXL's text encoder (ComfyUI's SDXLClipModel: CLIP-L and CLIP-G, both read at their penultimate layer, the
+    context their concatenation, the pooled vector CLIP-G's projection) with tiny configs."""
+    class TinySDXLEncoder(comfy.sdxl_clip.SDXLClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            torch.nn.Module.__init__(self)
+            options = model_options or {}
+            self.clip_l = comfy.sd1_clip.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype,
+                                                     layer_norm_hidden_state=False, model_options=options,
+                                                     textmodel_json_config=dict(l_config))
+            self.clip_g = comfy.sd1_clip.SDClipModel(
+                layer="hidden", layer_idx=-2, device=device, dtype=dtype, textmodel_json_config=dict(g_config),
+                special_tokens={"start": 49406, "end": 49407, "pad": 0}, layer_norm_hidden_state=False,
+                return_projected_pooled=True, model_options={**options, "model_name": "clip_g"})
+            self.dtypes = {dtype}
+
+        def encode_token_weights(self, token_weight_pairs):
+            """SDXL's context and pooled vector; the tiny CLIP-G's pooled vector (its width: ComfyUI projects to
+            the hidden size) repeated up to the U-Net's pooled width."""
+            context, pooled_out = super().encode_token_weights(token_weight_pairs)
+            return context, pooled_out.repeat(1, -(-pooled // pooled_out.shape[1]))[:, :pooled]
+    return TinySDXLEncoder
+
+
+def build_sdxl_clip(seed: int = 0, l_width: int = 24, g_width: int = 40, pooled: int = 1280):
+    """ComfyUI's CLIP around tiny CLIP-L (12 layers) + CLIP-G (32 layers, SDXL's, so paper layers exist) with
+    SDXL's tokenizers, as an SDXL checkpoint loader gives; the widths differ (an SAE fits one encoder) and sum to
+    the tiny SDXL U-Net's context (64); the pooled vector is repeated up to its pooled width (1280)."""
+    l_config = {**CLIP_CONFIG, "hidden_size": l_width, "num_hidden_layers": 12}
+    g_config = {**CLIP_CONFIG, "hidden_size": g_width, "num_hidden_layers": 32}
+    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer,
+                                                    sdxl_encoder_class(l_config, g_config, pooled))
+    clip = comfy.sd.CLIP(target=target)
+    _init_weights(clip.cond_stage_model, seed)
     return clip
 
 

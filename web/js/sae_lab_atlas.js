@@ -101,6 +101,22 @@ function heatmapCanvas(example, size = 160) {
   return canvas;
 }
 
+// A text atlas's example: the prompt's tokens, each tinted by the feature's activation on it (the heatmap's bins),
+// the token it fires on most marked.
+function tokenStrip(example) {
+  const values = example.map.flat();
+  const hi = Math.max(...values, 0);
+  const peak = values.indexOf(hi);
+  return h("div", { class: "sae-tokens sae-wrap" }, example.tokens.map((text, i) => {
+    const bin = hi > 0 ? Math.min(Math.floor((Math.max(values[i], 0) / hi) * BINS), BINS - 1) : 0;
+    const [R, G, B] = BIN_COLORS[bin];
+    return h("span", { class: i === peak && hi > 0 ? "sae-token sae-token-peak" : "sae-token",
+                       testid: i === peak && hi > 0 ? "sae-token-peak" : undefined,
+                       title: values[i].toFixed(3),
+                       style: bin ? `background: rgba(${R},${G},${B},${ALPHA})` : undefined }, text);
+  }));
+}
+
 function selectedSteerNodes() {
   return Object.values(app.canvas?.selected_nodes ?? {}).filter(
     (node) => node.comfyClass === STEER_NODE || node.type === STEER_NODE);
@@ -184,9 +200,10 @@ function renderDetail(panel, feature) {
       } }, "Save label")),
     h("div", { class: "sae-message", testid: "sae-message" }, state.message),
     h("div", { class: "sae-examples" }, feature.examples.length ? feature.examples.map((example) =>
-      h("figure", { class: "sae-example" }, heatmapCanvas(example),
-        h("figcaption", { class: "sae-wrap" }, `${example.prompt || "(no prompt)"} · seed ${example.seed ?? "?"} · ` +
-          `score ${example.score.toFixed(3)}`))) : h("p", { class: "sae-stats" }, "No example in this atlas fires this feature yet.")),
+      h("figure", { class: example.tokens ? "sae-example sae-text-example" : "sae-example" },
+        example.tokens ? tokenStrip(example) : heatmapCanvas(example),
+        h("figcaption", { class: "sae-wrap" }, example.tokens ? `peak ${example.score.toFixed(3)}`
+          : `${example.prompt || "(no prompt)"} · seed ${example.seed ?? "?"} · score ${example.score.toFixed(3)}`))) : h("p", { class: "sae-stats" }, "No example in this atlas fires this feature yet.")),
   );
 }
 
@@ -198,6 +215,7 @@ function cardRate(row, recorded) {
 
 function featureCard(row, preview, recorded) {
   const picture = preview ? previewImage(row.id, preview)
+    : row.top_token ? h("div", { class: "sae-noimg sae-placeholder sae-token-card" }, row.top_token.trim())
     : row.top_generation >= 0 ? h("img", { src: thumbnailUrl(row.top_generation), loading: "lazy", alt: "" })
                               : h("div", { class: "sae-noimg" });
   return h("button", { class: "sae-card", testid: `sae-feature-${row.id}`,
@@ -348,6 +366,9 @@ const STYLE = `
 .sae-examples { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 8px; }
 .sae-example { margin: 0; min-width: 0; } .sae-example canvas { display: block; max-width: 100%; height: auto; }
 .sae-example figcaption { font-size: 0.75rem; opacity: 0.85; }
+.sae-text-example { grid-column: 1 / -1; } .sae-tokens { font-size: 0.85rem; line-height: 1.6; }
+.sae-token { white-space: pre; border-radius: 3px; } .sae-token-peak { outline: 2px solid #e8b13a; font-weight: bold; }
+.sae-token-card { font-size: 0.9rem; font-weight: bold; overflow-wrap: anywhere; }
 .sae-stats, .sae-message { font-size: 0.8rem; opacity: 0.85; overflow-wrap: anywhere; } .sae-error { color: #e66; }
 `;
 

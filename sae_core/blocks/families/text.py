@@ -5,15 +5,16 @@ from ..text_encoder import TextEncoder
 CLIP_L = TextEncoder(
     name="clip_l", title="CLIP-L", attribute="clip_l", layers="transformer.text_model.encoder.layers",
     diffusers=("text_encoder.text_model.encoder.layers", "text_model.encoder.layers"),  # the second: ItD's
-    short=("clip_l",), released_width=768,
+    short=("clip_l",), released_width=768, token_key="l",
 )
 CLIP_G = TextEncoder(
     name="clip_g", title="CLIP-G", attribute="clip_g", layers="transformer.text_model.encoder.layers",
     diffusers=("text_encoder_2.text_model.encoder.layers",), short=("clip_g",), released_width=1280,
+    token_key="g",
 )
 T5 = TextEncoder(
     name="t5", title="T5-XXL", attribute="t5xxl", layers="transformer.encoder.block",
     diffusers=("text_encoder_2.encoder.block", "text_encoder_3.encoder.block", "encoder.block"),  # Flux, SD3
-    short=("t5", "t5xxl"), released_width=4096, returns_tuple=True,
+    short=("t5", "t5xxl"), released_width=4096, token_key="t5xxl", returns_tuple=True,
 )
 ENCODERS = (CLIP_L, CLIP_G, T5)

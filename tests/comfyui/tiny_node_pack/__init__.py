@@ -2,9 +2,9 @@
 tests. Example workflows are run with their loaders swapped for these nodes (server_harness.tiny_prompt):
 CheckpointLoaderSimple -> SAELabTestTinyCheckpoint, UNETLoader -> SAELabTestTinyDiffusionModel,
 DualCLIPLoader / TripleCLIPLoader / CLIPLoader -> SAELabTestTinyTextEncoder, VAELoader -> SAELabTestTinyVAE,
-CLIPVisionLoader -> SAELabTestTinyCLIPVision. Families ``sd15_clip`` and ``flux_clip`` are the tiny SD1.5 U-Net
-and Flux with a real (tiny) ComfyUI CLIP-L / CLIP-L + T5 instead of the bag-of-words text encoder, for the
-text-encoder workflows."""
+CLIPVisionLoader -> SAELabTestTinyCLIPVision. Families ``sd15_clip``, ``sdxl_clip`` and ``flux_clip`` are the tiny
+SD1.5 U-Net, SDXL U-Net and Flux with a real (tiny) ComfyUI CLIP-L / CLIP-L + CLIP-G / CLIP-L + T5 instead of the
+bag-of-words text encoder, for the text-encoder workflows."""
 import os
 import sys
 
@@ -15,7 +15,8 @@ import tiny_models  # noqa: E402
 
 UNET_FAMILIES = ["sdxl", "sd15"]
 DIT_FAMILIES = ["flux", "sd3", "qwen_image"]
-REAL_CLIP_FAMILIES = {"sd15_clip": "sd15", "flux_clip": "flux"}  # with a real tiny CLIP (text-encoder workflows)
+# with a real tiny CLIP (text-encoder workflows)
+REAL_CLIP_FAMILIES = {"sd15_clip": "sd15", "flux_clip": "flux", "sdxl_clip": "sdxl"}
 FAMILIES = UNET_FAMILIES + DIT_FAMILIES + list(REAL_CLIP_FAMILIES)
 TEXT_WORKFLOW_CLIP = {"width": 64, "layers": 12}  # the tiny U-Nets' context width, SD1.5's 12 layers
 
@@ -37,6 +38,8 @@ def tiny_text_encoder(family):
 
         if family == "flux_clip":  # CLIP-L's pooled vector and T5's tokens at the tiny Flux's widths
             return tiny_text.build_flux_clip(clip_width=tiny_dit.POOLED, t5_width=tiny_dit.CONTEXT, t5_layers=24)
+        if family == "sdxl_clip":  # CLIP-L + CLIP-G, their widths summing to the tiny SDXL's context
+            return tiny_text.build_sdxl_clip()
         return tiny_text.build_sd1_clip(**TEXT_WORKFLOW_CLIP)
     if family in UNET_FAMILIES:
         return tiny_models.TinyTextEncoder()
