@@ -1,0 +1,58 @@
+"""This process's place in a torchrun / accelerate launch (or alone), and its progress line."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch.distributed as dist
+
+FAULT_ENV = "SAE_LAB_HEADLESS_EXIT_AFTER"  # "<rank>:<shards>": that rank exits after so many shards (resume tests)
+
+
+def gather(obj: object) -> list:
+    """Every rank's ``obj`` (one process: ``[obj]``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def fault_after(rank: int) -> int | None:
+    """Shards after which this rank exits at once, as a killed worker would (from SAE_LAB_HEADLESS_EXIT_AFTER)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    who, _, count = spec.partition(":")
+    return int(count) if who.strip() == str(rank) and count.strip().isdigit() else None
+
+
+@dataclass
+class Meter:
+    """One line per rank: prompts done, rows written, rows/s and the time left."""
+
+    rank: int
+    world_size: int
+    total: int = 0
+    prompts: int = 0
+    rows: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def prompt_done(self, n: int) -> None:
+        self.prompts += n
+
+    def line(self, what: str) -> str:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        left = (self.total - self.prompts) * elapsed / self.prompts if self.prompts else float("nan")
+        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left == left else "?"
+        return (f"[rank {self.rank}/{self.world_size}] {what}: {self.prompts}/{self.total} prompts, {self.rows} rows, "
+                f"{self.rows / elapsed:.1f} rows/s, ETA {eta}")
+
+    def shard_done(self, index: int, rows: int) -> None:
+        self.rows += rows
+        print(self.line(f"shard {index}"), file=sys.stderr, flush=True)
