@@ -157,7 +157,10 @@ class ShardedDatasetWriter(ActivationDatasetWriter):
         atomic_write_text(self.record_path, json.dumps(record, indent=1))
 
     def merge(self) -> dict:
-        """Rank 0, after every rank finished: the manifest of every finished shard (then the records go)."""
+        """Rank 0, after every rank finished and after :meth:`plan` (which gives the prompt list): the manifest
+        of every finished shard (then the records go)."""
+        if not self.manifest["prompts"]:
+            raise SAEInputError(f"dataset {self.label!r}: plan the prompts before merging the workers' records")
         records = [read_worker_record(path) for path in sorted((self.root / WORKERS_DIR).glob("rank-*.json"))]
         self.manifest["shards"] = merge_shards(self.manifest["shards"], *(r["shards"] for r in records),
                                                exists=self._files_exist)
