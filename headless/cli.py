@@ -11,9 +11,13 @@ import torch
 
 from .comfy_import import comfyui_root, import_comfyui, load_node_pack, load_pack
 
-JOBS = {"collect": "headless.collect"}
+JOBS = {"collect": "headless.collect", "profile": "headless.profile", "sweep": "headless.sweep"}
 DESCRIPTIONS = {"collect": "Sample prompts and store what chosen blocks compute, as an SAE training dataset in "
-                           "output/sae_datasets (SAE Collect Activations)."}
+                           "output/sae_datasets (SAE Collect Activations; ranks take shards of prompts).",
+                "profile": "Record a concept profile (SAE Concept Profile; ranks take sampler batches) and save it "
+                           "in models/sae_concepts (SAE Save Concept).",
+                "sweep": "SAeUron's settings sweep (SAE Unlearning Sweep; ranks take runs): the grid, the feature "
+                         "table and the scores in output/sae_sweeps."}
 
 
 def common_parser(add_help: bool) -> argparse.ArgumentParser:
@@ -38,7 +42,29 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
     model.add_argument("--weight-dtype", default="default", help="UNETLoader's weight_dtype.")
     model.add_argument("--clip", help="A text encoder name in models/text_encoders (CLIPLoader), with --unet.")
     model.add_argument("--clip-type", default="stable_diffusion", help="CLIPLoader's type (e.g. sdxl, flux).")
+    model.add_argument("--vae", help="A VAE name in models/vae (VAELoader), for sweep; else the checkpoint's.")
+    model.add_argument("--sae", help="An SAE name in models/sae (Load SAE), for profile and sweep.")
+    model.add_argument("--concept", help="A profile name in models/sae_concepts (SAE Load Concept), for sweep.")
     return parser
+
+
+def _loaders(options: argparse.Namespace) -> tuple[dict, dict]:
+    """The loader nodes the model options ask for, and the job node's sockets they feed."""
+    nodes, links = {}, {}
+    if options.checkpoint:
+        nodes["headless_checkpoint"] = {"class_type": "CheckpointLoaderSimple",
+                                        "inputs": {"ckpt_name": options.checkpoint}}
+        links = {"model": ["headless_checkpoint", 0], "clip": ["headless_checkpoint", 1],
+                 "vae": ["headless_checkpoint", 2]}
+    loaders = {"unet": ("model", "UNETLoader", {"unet_name": options.unet, "weight_dtype": options.weight_dtype}),
+               "clip": ("clip", "CLIPLoader", {"clip_name": options.clip, "type": options.clip_type}),
+               "vae": ("vae", "VAELoader", {"vae_name": options.vae}),
+               "sae": ("sae", "SAELoader", {"sae_name": options.sae})}
+    for option, (socket, class_type, inputs) in loaders.items():
+        if getattr(options, option):
+            nodes[f"headless_{option}"] = {"class_type": class_type, "inputs": inputs}
+            links[socket] = [f"headless_{option}", 0]
+    return nodes, links
 
 
 def _setup(options: argparse.Namespace):
@@ -62,31 +88,25 @@ def _setup(options: argparse.Namespace):
     return share
 
 
-def _graph(options: argparse.Namespace, node_id: str, sockets: list[str]) -> tuple[dict, str]:
+def _graph(options: argparse.Namespace, node_id: str, sockets: list[str], required: list[str]) -> tuple[dict, str]:
     """The workflow's graph (or an empty one) with the job node's sockets linked to the loaders asked for."""
     from .workflow import find_node, read_workflow
 
     graph = read_workflow(options.workflow) if options.workflow else {}
     job = find_node(graph, node_id) if graph else "job"
     graph.setdefault(job, {"class_type": node_id, "inputs": {}})
-    links = {}
-    if options.checkpoint:
-        graph["headless_checkpoint"] = {"class_type": "CheckpointLoaderSimple",
-                                        "inputs": {"ckpt_name": options.checkpoint}}
-        links = {"model": ["headless_checkpoint", 0], "clip": ["headless_checkpoint", 1],
-                 "vae": ["headless_checkpoint", 2]}
-    if options.unet:
-        graph["headless_unet"] = {"class_type": "UNETLoader",
-                                  "inputs": {"unet_name": options.unet, "weight_dtype": options.weight_dtype}}
-        links["model"] = ["headless_unet", 0]
-    if options.clip:
-        graph["headless_clip"] = {"class_type": "CLIPLoader",
-                                  "inputs": {"clip_name": options.clip, "type": options.clip_type}}
-        links["clip"] = ["headless_clip", 0]
+    nodes, links = _loaders(options)
+    graph.update(nodes)
+    if options.concept:
+        sae = links.get("sae") or graph[job]["inputs"].get("sae")
+        graph["headless_concept"] = {"class_type": "SAELoadConcept",
+                                     "inputs": {"concept_name": options.concept, "sae": sae}}
+        links["concept"] = ["headless_concept", 0]
     graph[job]["inputs"].update({name: link for name, link in links.items() if name in sockets})
-    missing = [name for name in sockets if name not in graph[job]["inputs"]]
+    missing = [name for name in required if name not in graph[job]["inputs"]]
     if missing:
-        raise SystemExit(f"{node_id}: no {', '.join(missing)}: give --workflow, --checkpoint, or --unet and --clip")
+        raise SystemExit(f"{node_id}: no {', '.join(missing)}: give --workflow, or --checkpoint (or --unet and "
+                         f"--clip), and --sae / --vae / --concept as the job needs")
     return graph, job
 
 
@@ -108,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = common_parser(add_help=True)
     parser.prog, parser.description = f"python -m headless {argv[0]}", DESCRIPTIONS[argv[0]]
     add_node_options(parser, node)
+    if hasattr(job, "add_job_options"):
+        job.add_job_options(parser)
     options = parser.parse_args(argv[1:])
     try:
         node_id = node.define_schema().node_id
-        graph, job_id = _graph(options, node_id, socket_inputs(node))
+        graph, job_id = _graph(options, node_id, socket_inputs(node), socket_inputs(node, required_only=True))
         extra = {}
         for folder in options.custom_node:
             extra.update(load_node_pack(folder))
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs = runner.inputs(job_id)
             sockets = {name: inputs[name] for name in socket_inputs(node) if name in inputs}
             values = node_values(node, {k: v for k, v in inputs.items() if k not in sockets}, options)
-            print(job.run(sockets, values, share.rank, share.world_size), flush=True)
+            print(job.run(sockets, values, options, share.rank, share.world_size), flush=True)
     except SAEError as exc:  # no barrier: the launcher stops the other ranks
         print(f"{node.node_name()}: {exc}", file=sys.stderr, flush=True)
         return 2

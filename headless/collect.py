@@ -36,7 +36,7 @@ def rank_writer(rank: int, world_size: int, meter: Meter):
     return RankWriter
 
 
-def run(sockets: dict, values: dict, rank: int, world_size: int) -> str:
+def run(sockets: dict, values: dict, options, rank: int, world_size: int) -> str:
     """Collect this rank's share; rank 0 merges. Returns the summary line (the merged total on rank 0)."""
     meter = Meter(rank, world_size)
 

@@ -12,8 +12,10 @@ def widget_inputs(node_class) -> list:
     return [i for i in node_class.define_schema().inputs if i.get_io_type() in SOCKET_TYPES]
 
 
-def socket_inputs(node_class) -> list[str]:
-    return [i.id for i in node_class.define_schema().inputs if i.get_io_type() not in SOCKET_TYPES]
+def socket_inputs(node_class, required_only: bool = False) -> list[str]:
+    """The inputs of a node that are sockets (MODEL, CLIP, SAE...), all or only those it cannot run without."""
+    return [i.id for i in node_class.define_schema().inputs
+            if i.get_io_type() not in SOCKET_TYPES and not (required_only and getattr(i, "optional", False))]
 
 
 def _help(widget) -> str:

@@ -46,13 +46,35 @@ class Meter:
     def prompt_done(self, n: int) -> None:
         self.prompts += n
 
+    unit: str = "prompts"  # what ``prompts`` counts; "images" for jobs that store no rows (profile, sweep)
+
     def line(self, what: str) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         left = (self.total - self.prompts) * elapsed / self.prompts if self.prompts else float("nan")
         eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left == left else "?"
-        return (f"[rank {self.rank}/{self.world_size}] {what}: {self.prompts}/{self.total} prompts, {self.rows} rows, "
-                f"{self.rows / elapsed:.1f} rows/s, ETA {eta}")
+        speed = f"{self.rows} rows, {self.rows / elapsed:.1f} rows/s" if self.unit == "prompts" else \
+            f"{self.prompts / elapsed:.2f} {self.unit}/s"
+        return (f"[rank {self.rank}/{self.world_size}] {what}: {self.prompts}/{self.total} {self.unit}, {speed}, "
+                f"ETA {eta}")
 
     def shard_done(self, index: int, rows: int) -> None:
         self.rows += rows
         print(self.line(f"shard {index}"), file=sys.stderr, flush=True)
+
+
+def print_image_progress(meter: Meter) -> None:
+    """One line per update of the node's progress bar (ComfyUI's global hook: the node code is unchanged)."""
+    import comfy.utils
+
+    def hook(value: int, total: int, preview=None, node_id=None, **_) -> None:
+        meter.prompts, meter.total = int(value), int(total)
+        print(meter.line("sampled"), file=sys.stderr, flush=True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+
+
+def share_node(node: type, rank: int, world_size: int) -> type:
+    """``node`` with this rank's share of its work (its ``share`` class attribute: sae_core.train.sharding)."""
+    from sae_lab_pack.sae_core.train.sharding import WorkShare
+
+    return type(node.__name__, (node,), {"share": WorkShare(rank, world_size, gather)})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,6 +37,31 @@ def share_of(items: Sequence[Item], rank: int, world_size: int) -> list[Item]:
         raise SAEInputError(f"rank {rank} is not in a world of {world_size} processes; valid ranks: 0.."
                             f"{world_size - 1} (torchrun sets RANK and WORLD_SIZE)")
     return [item for index, item in enumerate(items) if index % world_size == rank]
+
+
+def _alone(obj: object) -> list:
+    return [obj]
+
+
+@dataclass(frozen=True)
+class WorkShare:
+    """The part of a sampling job this process does (a profile's batches, a sweep's runs): the items at index
+    ``rank`` modulo ``world_size``, and ``gather(obj)``, every rank's ``obj`` in rank order (torchrun ranks:
+    torch.distributed's all_gather_object). The default is the whole job in one process."""
+
+    rank: int = 0
+    world_size: int = 1
+    gather: Callable[[object], list] = _alone
+
+    def pick(self, items: Sequence[Item]) -> list[Item]:
+        return share_of(items, self.rank, self.world_size)
+
+    @property
+    def alone(self) -> bool:
+        return self.world_size == 1
+
+
+WHOLE = WorkShare()
 
 
 def _digest(value: object) -> str:
