@@ -1,4 +1,4 @@
-"""``python -m headless collect|... --help``"""
+"""``python -m headless collect|profile|sweep ... --help``"""
 import sys
 
 from headless.cli import main

@@ -44,6 +44,7 @@ def run(sockets: dict, values: dict, options, rank: int, world_size: int) -> str
         meter.total = total
         return meter.prompt_done
 
+    barrier()  # one start for every rank (model loads take different times), so rows/s counts every rank's work
     start = time.perf_counter()
     done = collect_dataset(sockets["model"], sockets["clip"], **values, label=NODE.node_name(),
                            writer_class=rank_writer(rank, world_size, meter), progress=progress)
