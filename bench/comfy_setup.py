@@ -2,7 +2,6 @@
 weights, time sampling steps of several model variants interleaved, and print ratios to a baseline."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import sys
@@ -40,12 +39,12 @@ def setup_comfy(device: str = "cpu"):
 
     comfy.cli_args.args.cpu = torch.device(device).type == "cpu"
     import comfy.model_management  # noqa: F401
-    spec = importlib.util.spec_from_file_location("sae_lab_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["sae_lab_pack"] = pack
-    spec.loader.exec_module(pack)
-    return pack
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from headless.comfy_import import load_pack
+
+    return load_pack()
 
 
 def random_unet(family: str, seed: int = 0, unet_config: dict | None = None, device: str = "cpu",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import comfy.utils
 from comfy_api.latest import io, ui
@@ -11,7 +13,7 @@ from ..sae_core.blocks.patch import INPUT_KINDS
 from ..sae_core.budget import collection_work
 from ..sae_core.errors import SAEInputError
 from ..sae_core.prompts import parse_prompts, read_prompt_file
-from ..sae_core.train.collect import CollectPatch, collect
+from ..sae_core.train.collect import CollectPatch, CollectResult, collect
 from ..sae_core.train.dataset import DTYPES, ActivationDatasetWriter, collection_header, read_manifest, weights_digest
 from ..sae_core.validate import check_choice, check_number, check_text
 from . import folders
@@ -143,59 +145,86 @@ class SAECollectActivations(CollectionNode):
                 sampler_name: str, scheduler: str, base_seed: int, width: int, height: int, passes: str, dtype: str,
                 prompts_file: str = "", negative: str = "", prompts_per_shard: int = 8,
                 positions_per_image: int = 0) -> io.NodeOutput:
-        check_choice("store", store, INPUT_KINDS)
-        check_choice("passes", passes, STORE_PASSES)
-        check_choice("dtype", dtype, DTYPES)
-        check_number("base_seed", base_seed, 0, 0xFFFFFFFF, integer=True)
-        check_number("prompts_per_shard", prompts_per_shard, 1, 100000, integer=True)
-        check_number("positions_per_image", positions_per_image, 0, 1 << 20, integer=True)
-        settings = SamplingSettings.checked(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler,
-                                            seed=base_seed, width=width, height=height)
-        negative = check_text("negative", negative or "", 10_000)
-        prompt_list = read_prompt_list(prompts, prompts_file)
-        layout = model_block_layout(model)
-        chosen = []
-        for text in check_text("blocks", blocks or "", MAX_BLOCKS_TEXT).split(","):
-            if text.strip():
-                block = layout.resolve(text)
-                if block not in chosen:
-                    chosen.append(block)
-        if not chosen:
-            raise SAEInputError(f"no block given; valid blocks: {layout.valid_names()}")
-        name = check_dataset_name(dataset_name)
-        root = folders.target(folders.DATASET_FOLDER, name, "dataset_name")
-        model_info = {"fingerprint": model_fingerprint(model), "family": layout.family,
-                      "architecture": model_family(model)}
-        header = collection_header(name, model_info, store, dtype, chosen, steps=settings.steps, cfg=settings.cfg,
-                                   sampler=settings.sampler, scheduler=settings.scheduler, seed=base_seed, width=width,
-                                   height=height, passes=passes, negative=negative,
-                                   prompts_per_shard=prompts_per_shard, positions_per_image=positions_per_image)
-        writer = ActivationDatasetWriter(root, header, shown_name=name)
-        seeds = [base_seed + i for i in range(len(prompt_list))]
-        plans = writer.plan(prompt_list, seeds, prompts_per_shard)
-        stored_passes = 2 if passes == "both" and settings.cfg != 1.0 else 1  # ComfyUI skips the negative at cfg 1
-        work = start_work(collection_work(sum(p.n_prompts for p in plans if not writer.is_done(p)), settings.steps,
-                                          blocks=len(chosen), passes=stored_passes,
-                                          positions_per_image=positions_per_image,
-                                          latent_positions=(height // 8) * (width // 8)))
-        recorders = {b.short: CollectPatch(store, passes, dtype, positions_per_image, base_seed) for b in chosen}
+        done = collect_dataset(model, clip, prompts=prompts, blocks=blocks, store=store, dataset_name=dataset_name,
+                               steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                               base_seed=base_seed, width=width, height=height, passes=passes, dtype=dtype,
+                               prompts_file=prompts_file, negative=negative, prompts_per_shard=prompts_per_shard,
+                               positions_per_image=positions_per_image, label=cls.node_name())
+        return io.NodeOutput(done.name, done.info, ui=ui.PreviewText(f"{done.info}\nsampled {done.work}"))
 
-        patched = model
-        for block in chosen:
-            patched = install_block_patch(patched, block, recorders[block.short], cls.node_name())
-        negative_cond = encode_prompt(clip, negative)
 
-        def run_prompt(index: int) -> None:
-            sample_batch(patched, [encode_prompt(clip, prompt_list[index])], negative_cond, [seeds[index]], settings)
+@dataclass
+class Collected:
+    name: str  # the dataset's folder name in output/sae_datasets
+    info: str  # what was collected
+    work: str  # what was sampled (images x steps)
+    writer: ActivationDatasetWriter
+    result: CollectResult
 
-        progress = comfy.utils.ProgressBar(len(prompt_list))
-        result = collect(writer, plans, recorders, run_prompt, on_prompt_done=progress.update,
-                         check_cancel=check_cancel)
-        rows = ", ".join(f"{block}: {n} rows x {header['blocks'][block]['channels']}"
-                         for block, n in result.rows.items())
-        info = (f"output/sae_datasets/{name}: {len(prompt_list)} prompts in {len(plans)} shards "
-                f"({len(result.written)} written now, {len(result.skipped)} already done); {rows}")
-        return io.NodeOutput(name, info, ui=ui.PreviewText(f"{info}\nsampled {work.describe()}"))
+
+def collect_dataset(model, clip, *, prompts: str, blocks: str, store: str, dataset_name: str, steps: int, cfg: float,
+                    sampler_name: str, scheduler: str, base_seed: int, width: int, height: int, passes: str,
+                    dtype: str, prompts_file: str = "", negative: str = "", prompts_per_shard: int = 8,
+                    positions_per_image: int = 0, label: str = "SAE Collect Activations",
+                    writer_class: Callable[..., ActivationDatasetWriter] = ActivationDatasetWriter,
+                    progress: Callable[[int], Callable[[int], None]] | None = None) -> Collected:
+    """What the node does, callable without a server (``python -m headless collect``): ``writer_class`` makes
+    the dataset writer (a rank's share: sae_core.train.sharding), ``progress(total)`` the per-prompt callback
+    (ComfyUI's progress bar by default)."""
+    check_choice("store", store, INPUT_KINDS)
+    check_choice("passes", passes, STORE_PASSES)
+    check_choice("dtype", dtype, DTYPES)
+    check_number("base_seed", base_seed, 0, 0xFFFFFFFF, integer=True)
+    check_number("prompts_per_shard", prompts_per_shard, 1, 100000, integer=True)
+    check_number("positions_per_image", positions_per_image, 0, 1 << 20, integer=True)
+    settings = SamplingSettings.checked(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler,
+                                        seed=base_seed, width=width, height=height)
+    negative = check_text("negative", negative or "", 10_000)
+    prompt_list = read_prompt_list(prompts, prompts_file)
+    layout = model_block_layout(model)
+    chosen = []
+    for text in check_text("blocks", blocks or "", MAX_BLOCKS_TEXT).split(","):
+        if text.strip():
+            block = layout.resolve(text)
+            if block not in chosen:
+                chosen.append(block)
+    if not chosen:
+        raise SAEInputError(f"no block given; valid blocks: {layout.valid_names()}")
+    name = check_dataset_name(dataset_name)
+    root = folders.target(folders.DATASET_FOLDER, name, "dataset_name")
+    model_info = {"fingerprint": model_fingerprint(model), "family": layout.family,
+                  "architecture": model_family(model)}
+    header = collection_header(name, model_info, store, dtype, chosen, steps=settings.steps, cfg=settings.cfg,
+                               sampler=settings.sampler, scheduler=settings.scheduler, seed=base_seed, width=width,
+                               height=height, passes=passes, negative=negative,
+                               prompts_per_shard=prompts_per_shard, positions_per_image=positions_per_image)
+    writer = writer_class(root, header, shown_name=name)
+    seeds = [base_seed + i for i in range(len(prompt_list))]
+    plans = writer.plan(prompt_list, seeds, prompts_per_shard)
+    stored_passes = 2 if passes == "both" and settings.cfg != 1.0 else 1  # ComfyUI skips the negative at cfg 1
+    work = start_work(collection_work(sum(p.n_prompts for p in plans if not writer.is_done(p)), settings.steps,
+                                      blocks=len(chosen), passes=stored_passes,
+                                      positions_per_image=positions_per_image,
+                                      latent_positions=(height // 8) * (width // 8)))
+    recorders = {b.short: CollectPatch(store, passes, dtype, positions_per_image, base_seed) for b in chosen}
+
+    patched = model
+    for block in chosen:
+        patched = install_block_patch(patched, block, recorders[block.short], label)
+    negative_cond = encode_prompt(clip, negative)
+
+    def run_prompt(index: int) -> None:
+        sample_batch(patched, [encode_prompt(clip, prompt_list[index])], negative_cond, [seeds[index]], settings)
+
+    on_prompt_done = (progress or (lambda total: comfy.utils.ProgressBar(total).update))(
+        sum(p.n_prompts for p in plans))
+    result = collect(writer, plans, recorders, run_prompt, on_prompt_done=on_prompt_done,
+                     check_cancel=check_cancel)
+    rows = ", ".join(f"{block}: {n} rows x {header['blocks'][block]['channels']}"
+                     for block, n in result.rows.items())
+    info = (f"output/sae_datasets/{name}: {len(prompt_list)} prompts in {len(plans)} shards "
+            f"({len(result.written)} written now, {len(result.skipped)} already done); {rows}")
+    return Collected(name, info, work.describe(), writer, result)
 
 
 NODES = [SAECollectActivations]

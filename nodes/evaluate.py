@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import comfy.model_management
 import comfy.utils
@@ -41,6 +42,7 @@ from ..sae_core.evaluate.sweep import (
     parse_seeds,
     run_sweep,
 )
+from ..sae_core.train.sharding import WHOLE, WorkShare
 from ..sae_core.validate import check_choice, check_number, check_text
 from . import folders
 from .base import SAENode, image_tensor
@@ -239,6 +241,8 @@ def inception_file() -> Path:
 
 
 class SAEUnlearningSweep(SAENode):
+    share: ClassVar[WorkShare] = WHOLE  # python -m headless sweep: a torchrun rank's share of the runs
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -335,7 +339,8 @@ class SAEUnlearningSweep(SAENode):
                       for c in range(len(concepts)) for s in plan.settings}
         patches: dict[Run, UnlearnPatch] = {}
         models: dict[Run, object] = {}
-        progress = comfy.utils.ProgressBar(plan.n_images)
+        runs = cls.share.pick(list(plan.runs()))  # every run, but on a headless rank
+        progress = comfy.utils.ProgressBar(len(runs) * len(plan.samples))
 
         def generate(run: Run, indices: list[int]):
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -355,9 +360,9 @@ class SAEUnlearningSweep(SAENode):
 
         with torch.no_grad():  # as ComfyUI runs nodes; also when called directly
             result = run_sweep(plan, generate, batches, classifier=classifier, cross_classifier=cross_classifier,
-                               fid_extractor=extractor, grid=grid, progress=progress.update)
+                               fid_extractor=extractor, grid=grid, progress=progress.update, runs=runs)
         result.feature_rows = [feature_row(concepts[c].name, s, selections[(c, s)],
-                                           patches[Run(c, s)].edited_positions)
+                                           patches[Run(c, s)].edited_positions if Run(c, s) in patches else None)
                                for c in range(len(concepts)) for s in plan.settings]
         result.fid_source = "torch-fidelity InceptionV3" if fid else ""
         table = f"{plan.describe()}\n" + feature_table(result.feature_rows)

@@ -23,6 +23,7 @@ from ..sae_core.budget import Work, check_work, max_work
 from ..sae_core.errors import SAEInputError
 from ..sae_core.observe.concept_profile import ConceptProfile
 from ..sae_core.observe.concept_recorder import ConceptRecordPatch
+from ..sae_core.train.sharding import WHOLE, WorkShare
 from ..sae_core.validate import check_choice, check_number
 from .base import show_progress_text
 from .patching import install_block_patch
@@ -157,21 +158,28 @@ def profile_work(target: list[str], other: list[str], settings: SamplingSettings
 
 
 def record_profile(model, clip, sae, block: Block, target: list[str], other: list[str], *, name: str,
-                   settings: SamplingSettings, label: str) -> ConceptProfile:
-    """Sample every prompt (progress bar over prompts, Cancel honoured) and return the recorded profile."""
+                   settings: SamplingSettings, label: str, share: WorkShare = WHOLE) -> ConceptProfile:
+    """Sample every prompt (progress bar over prompts, Cancel honoured) and return the recorded profile.
+    ``share``: this process samples only its share of each set's batches and the sums of every process are
+    added (headless ranks); the batches, seeds and so the profile are those of one process."""
     recorder = ConceptRecordPatch(sae)
     identity = sae.identity()  # fingerprint first: a failure here should not waste the sampling
     patched = install_block_patch(model, block, recorder, label)
     negative = encode_prompt(clip, "")
-    progress = comfy.utils.ProgressBar(len(target) + len(other))
     s = settings
-    for group, prompts in (("target", target), ("other", other)):
+    conditionings = {group: [encode_prompt(clip, p) for p in prompts]
+                     for group, prompts in (("target", target), ("other", other))}
+    batches = {group: share.pick(plan_batches(conds, s.batch_size)) for group, conds in conditionings.items()}
+    progress = comfy.utils.ProgressBar(sum(len(b) for group in batches.values() for b in group))
+    for group in ("target", "other"):
         recorder.group = group
-        conditionings = [encode_prompt(clip, p) for p in prompts]
-        for batch in plan_batches(conditionings, s.batch_size):
+        for batch in batches[group]:
             check_cancel()
-            sample_batch(patched, [conditionings[i] for i in batch], negative, [s.seed + i for i in batch], s)
+            sample_batch(patched, [conditionings[group][i] for i in batch], negative, [s.seed + i for i in batch],
+                         s)
             progress.update(len(batch))
+    if not share.alone:
+        recorder.merge_totals(share.gather(recorder.totals()))
     family = type(getattr(model.model, "model_config", model.model)).__name__
     sampling = {**s.as_dict(), "model": family}
     profile = recorder.profile(len(target), len(other), block.diffusers, name=name, target_prompts=list(target),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from comfy_api.latest import io, ui
@@ -19,6 +20,7 @@ from ..sae_core.edits.unlearn_preview import selection_chart, selection_report
 from ..sae_core.errors import SAEError, SAEInputError
 from ..sae_core.observe.concept_profile import ConceptProfile, check_prompt_sets
 from ..sae_core.prompts import parse_prompts
+from ..sae_core.train.sharding import WHOLE, WorkShare
 from ..sae_core.validate import check_choice, check_number, check_text, relative_parts
 from . import folders
 from .base import SAENode, image_tensor
@@ -51,6 +53,8 @@ MULTIPLIER_HELP = ("Where a selected feature fires above its threshold it is mul
 
 
 class SAEConceptProfile(SAENode):
+    share: ClassVar[WorkShare] = WHOLE  # python -m headless profile: a torchrun rank's share of the batches
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -118,7 +122,7 @@ class SAEConceptProfile(SAENode):
         where = resolve_block(model, sae, block)
         work = start_work(profile_work(target, other, settings))
         profile = record_profile(model, clip, sae, where, target, other, name=name, settings=settings,
-                                 label=cls.node_name())
+                                 label=cls.node_name(), share=cls.share)
         text, chart = preview([select_concept(profile)])
         return io.NodeOutput(profile, text, chart, ui=ui.PreviewText(f"sampled {work.describe()}\n\n{text}"))
 

@@ -72,6 +72,29 @@ class ConceptRecordPatch(BlockPatch):
         self._rows[self.group][ctx.step] += len(rows)
         return None
 
+    def totals(self) -> dict:
+        """What this recorder summed (on the CPU, picklable): merged with other processes' by :meth:`merge_totals`."""
+        return {"sigmas": self.sigmas, "sums": {g: t.cpu() for g, t in self._sums.items()},
+                "rows": {g: list(r) for g, r in self._rows.items()}}
+
+    def merge_totals(self, parts: list[dict]) -> None:
+        """Replace this recorder's sums by the sums of ``parts`` (every process's :meth:`totals`, in rank order,
+        this one's included), so a profile sampled batch by batch over several processes is the one-process
+        profile (float64 sums in another order: the same float32 means but for the last bit, rarely)."""
+        schedules = {tuple(p["sigmas"]) for p in parts if p["sigmas"] is not None}
+        if len(schedules) > 1:
+            raise SAEInputError(f"the processes recorded {len(schedules)} different schedules; record a profile with "
+                                f"one sampler setting on every process")
+        self.sigmas = next(iter(schedules), None)
+        sums: dict[str, Tensor] = {}
+        rows: dict[str, list[int]] = {}
+        for part in parts:
+            for group, total in part["sums"].items():
+                sums[group] = total.clone() if group not in sums else sums[group] + total
+                counts = part["rows"][group]
+                rows[group] = [a + b for a, b in zip(rows[group], counts)] if group in rows else list(counts)
+        self._sums, self._rows = sums, rows
+
     def mean(self, group: str) -> Tensor:
         """(steps, n_latents) float32 mean over the recorded rows (zeros for a step never seen), on the CPU."""
         if group not in self._sums:

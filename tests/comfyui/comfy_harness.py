@@ -2,7 +2,6 @@
 the way ComfyUI does: the repository root as a package, so the nodes' relative imports resolve."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
@@ -29,15 +28,13 @@ from devices import ON_CPU  # noqa: E402  (SAE_LAB_DEVICE: cpu unless bench/devi
 comfy.cli_args.args.cpu = ON_CPU  # before anything imports comfy.model_management
 
 import folder_paths  # noqa: E402
+from headless.comfy_import import PACK_NAME, load_pack  # noqa: E402,F401  (the one way the pack is imported)
 
 # ComfyUI's output, temp and input folders default to the checkout (read-only where CI runs): tests write elsewhere
 SCRATCH = Path(tempfile.mkdtemp(prefix="sae_lab_comfyui_"))
 folder_paths.set_output_directory(str(SCRATCH / "output"))
 folder_paths.set_temp_directory(str(SCRATCH / "temp"))
 folder_paths.set_input_directory(str(SCRATCH / "input"))
-
-PACK_NAME = "sae_lab_pack"
-
 
 def _read_version(root: Path) -> tuple[int, ...]:
     """ComfyUI's own version (comfyui_version.py), e.g. (0, 33, 0); (0,) when the checkout has none."""
@@ -53,18 +50,6 @@ SERVER_VALIDATES_COMBOS = COMFYUI_VERSION >= (0, 8)
 # 0.3.64 offers forward_timestep_embed_patch only to layers no other branch handles; by 0.33 it is checked first,
 # so another pack can replace the SpatialTransformer call itself.
 TRANSFORMER_CALL_REPLACEABLE = COMFYUI_VERSION >= (0, 33)
-
-
-def load_pack():
-    """This repository imported as ComfyUI imports a custom node folder."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def cancel_after_each_shard(monkeypatch):

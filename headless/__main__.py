@@ -1,0 +1,6 @@
+"""``python -m headless collect|profile|sweep ... --help``"""
+import sys
+
+from headless.cli import main
+
+sys.exit(main())
