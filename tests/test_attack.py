@@ -68,7 +68,7 @@ def test_the_attack_lowers_the_denoising_loss_with_real_tokens_and_touches_nothi
     # the reported loss is the tokens' real loss on the evaluation draw
     again = denoising_loss(model, target, model.vocabulary[result.token_ids], sigmas, 8,
                            torch.Generator().manual_seed(1))
-    assert float(again) == pytest.approx(result.final_loss, rel=1e-6)
+    assert float(again.detach()) == pytest.approx(result.final_loss, rel=1e-6)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert torch.equal(model.vocabulary, vocab_before) and not model.vocabulary.requires_grad
     assert all(p.grad is None for p in model.parameters())
