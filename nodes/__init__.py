@@ -8,9 +8,9 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import atlas, collect, evaluate, find, folders, observe, routes, sae, steer, text, train, unlearn
+from . import atlas, attack, collect, evaluate, find, folders, observe, routes, sae, steer, text, train, unlearn
 
-NODE_MODULES = (sae, steer, observe, unlearn, evaluate, find, atlas, collect, train, text)
+NODE_MODULES = (sae, steer, observe, unlearn, evaluate, attack, find, atlas, collect, train, text)
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -3,13 +3,13 @@ diffusion model, with the model as its own classifier.
 
 The attacker prepends ``k`` tokens to the prompt and looks for the ones under which the *unlearned* model denoises an
 image that shows the concept best: the loss is the denoising error ``|| eps_hat(x_t, t, prompt + adv) - eps ||^2``
-on the noised target latent ``x_t = x_0 + sigma_t * eps`` at timesteps drawn uniformly from the model's schedule (a
-few per iteration). The tokens live in the text encoder's input-embedding space and are optimised with Adam there,
-projected to the nearest vocabulary token (cosine similarity) at every iteration with a straight-through gradient
-(the loss is taken at the projected tokens, its gradient applied to the continuous ones), as the hard-prompt
-attack of Diffusion-MU-Attack does. The result is real tokens: a prompt anyone can type.
+on the noised target latent ``x_t = x_0 + sigma_t * eps`` at timesteps drawn uniformly from the model's schedule
+(one draw per attack, see :func:`run_attack`). The tokens live in the text encoder's input-embedding space and are
+optimised with Adam there, projected to the nearest vocabulary token (cosine similarity) at every iteration with a
+straight-through gradient (the loss is taken at the projected tokens, its gradient applied to the continuous ones),
+as the hard-prompt attack of Diffusion-MU-Attack does. The result is real tokens: a prompt anyone can type.
 
-Defaults are the paper's: 5 tokens, 40 iterations, learning rate 0.01, prepended; one timestep per iteration.
+Defaults are the paper's: 5 tokens, 40 iterations, learning rate 0.01, prepended, one timestep.
 
 Everything here is pure torch: the model call is injected (``denoise(x_t, sigma, adversarial) -> x0``), so the
 same code runs ComfyUI's model with the pack's patches in place (``nodes/attack.py``) or a tiny stand-in in tests.
@@ -79,55 +79,63 @@ def nearest_tokens(embeddings: Tensor, vocabulary: Tensor) -> Tensor:
     return best_id
 
 
-def denoising_loss(denoise: Denoiser, target: Tensor, adversarial: Tensor, sigmas: Tensor, timesteps: int,
-                   generator: torch.Generator) -> Tensor:
-    """Mean over ``timesteps`` drawn timesteps of the noise-prediction MSE on the noised target latents (B, C, H, W);
-    ``sigmas`` is the model's schedule (a timestep is an index into it). Noise and timesteps come from ``generator``
-    (on the CPU, so a seed gives the same draw on every device)."""
-    total = None
+def draw(target: Tensor, sigmas: Tensor, timesteps: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+    """``timesteps`` (sigma, noise) pairs: timesteps uniform over the model's schedule ``sigmas`` (an index into
+    it), noise like the target latents; drawn on the CPU, so a seed gives the same draw on every device."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
     for _ in range(timesteps):
         index = int(torch.randint(len(sigmas), (1,), generator=generator))
-        sigma = sigmas[index].reshape(1).to(target)
-        noise = torch.randn(target.shape, generator=generator).to(target)
+        out.append((sigmas[index].reshape(1).to(target), torch.randn(target.shape, generator=generator).to(target)))
+    return out
+
+
+def denoising_loss(denoise: Denoiser, target: Tensor, adversarial: Tensor,
+                   draws: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Mean over the draws of the noise-prediction MSE on the noised target latents (B, C, H, W):
+    ``x_t = x_0 + sigma * eps``, ``eps_hat = (x_t - denoise(x_t)) / sigma``."""
+    total = None
+    for sigma, noise in draws:
         noised = target + noise * sigma
         eps = (noised - denoise(noised, sigma, adversarial)) / sigma
         loss = torch.nn.functional.mse_loss(eps.float(), noise.float())
         total = loss if total is None else total + loss
-    return total / timesteps
+    return total / len(draws)
 
 
 @dataclass
 class AttackResult:
-    """The adversarial tokens, the loss at each iteration (of its projected tokens, on that iteration's draw) and the
-    loss of the initial and final tokens on one fixed evaluation draw (comparable with each other)."""
+    """The adversarial tokens (those of the lowest loss), the loss of each iteration's projected tokens (the first
+    is the initial tokens'), all on the attack's one draw of timesteps and noise, so they compare."""
 
     token_ids: list[int]
     losses: list[float] = field(default_factory=list)
-    initial_loss: float = math.nan
-    final_loss: float = math.nan
     best_iteration: int = 0
+
+    @property
+    def initial_loss(self) -> float:
+        return self.losses[0]
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[self.best_iteration]
 
     def as_dict(self) -> dict:
         return {"token_ids": self.token_ids, "losses": self.losses, "initial_loss": self.initial_loss,
                 "final_loss": self.final_loss, "best_iteration": self.best_iteration}
 
 
-def evaluation_loss(denoise: Denoiser, target: Tensor, ids: list[int], vocabulary: Tensor, sigmas: Tensor,
-                    timesteps: int, seed: int) -> float:
-    """The loss of the tokens ``ids`` on the draw of ``seed`` (no gradient)."""
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed)
-        return float(denoising_loss(denoise, target, vocabulary[ids].to(target), sigmas, timesteps, generator))
-
-
 def run_attack(denoise: Denoiser, target: Tensor, vocabulary: Tensor, initial_ids: list[int], sigmas: Tensor,
                settings: AttackSettings, seed: int, *, progress: Callable[[int], None] | None = None,
-               cancel: Callable[[], None] | None = None, eval_timesteps: int = 8) -> AttackResult:
-    """Optimise ``len(initial_ids)`` adversarial embeddings (Adam, straight-through projection to ``vocabulary``);
-    the tokens kept are those of the lowest loss on the evaluation draw among the final iterate and the initial ones.
+               cancel: Callable[[], None] | None = None) -> AttackResult:
+    """Optimise ``len(initial_ids)`` adversarial embeddings (Adam, straight-through projection to ``vocabulary``)
+    and keep the projected tokens of the lowest loss.
 
-    Only the adversarial embedding requires a gradient; ``vocabulary`` and the model are read, never written.
-    ``cancel`` is called before each iteration (it raises to stop), ``progress(1)`` after each.
+    The timesteps and noise are drawn once per attack (``settings.timesteps`` of them, from ``seed``), so the loss of
+    every iteration is measured on the same draw and the best iterate can be told (UnlearnDiffAtk draws a fresh
+    timestep per iteration; here the draw is fixed to compare iterates). Only the adversarial embedding requires a
+    gradient; ``vocabulary`` and the model are read, never written. ``cancel`` is called before each iteration
+    (it raises to stop), ``progress(1)`` after each.
     """
     if len(initial_ids) != settings.tokens:
         raise SAEInputError(f"{len(initial_ids)} initial tokens for an attack of {settings.tokens}")
@@ -138,32 +146,25 @@ def run_attack(denoise: Denoiser, target: Tensor, vocabulary: Tensor, initial_id
     with torch.inference_mode(False):
         adversarial = vocabulary[initial_ids].to(device=device, dtype=torch.float32).clone().requires_grad_(True)
         optimiser = torch.optim.Adam([adversarial], lr=settings.lr)
-        generator = torch.Generator().manual_seed(seed)
+        draws = draw(target, sigmas, settings.timesteps, seed)
         result = AttackResult(list(initial_ids))
-        eval_seed = seed + 1
-        result.initial_loss = evaluation_loss(denoise, target, list(initial_ids), vocabulary, sigmas,
-                                              eval_timesteps, eval_seed)
-        for _ in range(settings.iterations):
+        for iteration in range(settings.iterations):
             if cancel is not None:
                 cancel()
             with torch.enable_grad():
                 ids = nearest_tokens(adversarial.detach(), vocabulary).tolist()
                 projected = vocabulary[ids].to(device=device, dtype=target.dtype).clone().requires_grad_(True)
-                loss = denoising_loss(denoise, target, projected, sigmas, settings.timesteps, generator)
+                loss = denoising_loss(denoise, target, projected, draws)
                 if not torch.isfinite(loss):
-                    raise SAEInputError(f"the attack's loss became {float(loss)} (not finite); lower the learning "
-                                        f"rate ({settings.lr:g})")
+                    raise SAEInputError(f"the attack's loss became {float(loss.detach())} (not finite); lower the "
+                                        f"learning rate ({settings.lr:g})")
                 (gradient,) = torch.autograd.grad(loss, projected)
+            result.losses.append(float(loss.detach()))
+            if result.losses[-1] < result.losses[result.best_iteration]:
+                result.best_iteration, result.token_ids = iteration, ids
             optimiser.zero_grad(set_to_none=True)
             adversarial.grad = gradient.to(adversarial.dtype)
             optimiser.step()
-            result.losses.append(float(loss.detach()))
             if progress is not None:
                 progress(1)
-        final_ids = nearest_tokens(adversarial.detach(), vocabulary).tolist()
-        final = evaluation_loss(denoise, target, final_ids, vocabulary, sigmas, eval_timesteps, eval_seed)
-    if final <= result.initial_loss:
-        result.token_ids, result.final_loss, result.best_iteration = final_ids, final, settings.iterations
-    else:
-        result.final_loss = result.initial_loss
     return result
