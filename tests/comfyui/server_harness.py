@@ -174,6 +174,7 @@ TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
 
 # Each workflow's family, from its file name; its loaders are swapped for the test pack's tiny ones.
 FAMILY_PREFIXES = (("flux_text", "flux_clip"), ("flux", "flux"), ("sd3", "sd3"), ("qwen_image", "qwen_image"),
+                   ("sd15_attack", "sd15_clip"),  # the attack optimises inside a real (tiny) CLIP
                    ("sd15_text", "sd15_clip"), ("sd15", "sd15"), ("sdxl", "sdxl"))
 MODEL_OF_FAMILY = {"flux_clip": "flux", "sd15_clip": "sd15"}  # the tiny pack's families with a real tiny CLIP
 DIT_FAMILIES = ("flux", "sd3", "qwen_image")
