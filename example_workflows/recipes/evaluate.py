@@ -97,11 +97,11 @@ def sd15_attack_unlearning() -> dict:
                 clip=(ckpt, 1))
     neg = g.add("CLIPTextEncode", [""], pos=(460, 170), size=(400, 100), title="Negative (empty)", clip=(ckpt, 1))
     latent = g.add("EmptyLatentImage", [256, 256, 1], pos=(900, 0), size=(320, 110))
-    base = g.add("KSampler", [0, "fixed", 8, 7.5, "euler", "normal", 1.0], pos=(900, 150), size=(320, 270),
+    base = g.add("KSampler", [0, "fixed", 6, 7.5, "euler", "normal", 1.0], pos=(900, 150), size=(320, 270),
                  title="The un-edited model: the target", model=(ckpt, 0), positive=(pos, 0), negative=(neg, 0),
                  latent_image=(latent, 0))
     decode = g.add("VAEDecode", pos=(900, 460), size=(200, 50), samples=(base, 0), vae=(ckpt, 2))
-    attack = g.add("SAEUnlearningAttack", [prompt, 5, 10, 0.01, 1, "prepend", 0, "fixed", "0", "", 8, 7.5, "euler",
+    attack = g.add("SAEUnlearningAttack", [prompt, 5, 5, 0.01, 1, "prepend", 0, "fixed", "0", "", 6, 7.5, "euler",
                                            "normal", 256, 256, "Van Gogh"],
                    pos=(1260, 0), size=(420, 720), title="UnlearnDiffAtk against the unlearned model",
                    model=(unlearn, 0), clip=(ckpt, 1), vae=(ckpt, 2), target_image=(decode, 0))
@@ -115,8 +115,8 @@ def sd15_attack_unlearning() -> dict:
         "image (here the un-edited model's picture of the prompt) as well as it can; the tokens are projected to "
         "real vocabulary tokens, so the attacked prompt is text anyone could type.\n\n"
         "The paper's settings: 5 tokens, 40 iterations, learning rate 0.01, one timestep per iteration, "
-        "prepended; this example runs 10 iterations to stay quick. The target image must have the attack's width "
-        "x height.\n\n"
+        "prepended; this example runs 5 iterations and 6 sampling steps to stay quick (real use: 40 and 20-50). "
+        "The target image must have the attack's width x height.\n\n"
         "To score it, connect a classifier (SAE Classify (CLIP), as in the 'tune unlearning' example, or "
         "UnlearnCanvas's style ViT with SAE Classifier Checkpoint) and name the concept's class: the asr output is "
         "the fraction of attacked images in which the classifier still finds Van Gogh. Over folders of attacked "
