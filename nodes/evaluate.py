@@ -247,6 +247,21 @@ def decoded_batch(model, vae, positives: list, negative, seeds: list[int], setti
     return images.float().cpu()
 
 
+def unlearned_image_inputs() -> list:
+    """How the unlearning nodes that sample (sweep, sequential) make each image."""
+    return [
+        *sampler_inputs(20, 7.5, steps_tip="Sampling steps of every image.",
+                        cfg_tip="CFG of every image (SAeUron: 9 on its UnlearnCanvas SD1.5).",
+                        sampler_tip="Sampler of every image.", scheduler_tip="Scheduler of every image."),
+        io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image width."),
+        io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image height."),
+        io.Int.Input("batch_size", default=4, min=1, max=MAX_BATCH,
+                     tooltip="Images sampled, decoded and classified together: the most held in memory."),
+        io.Combo.Input("passes", options=list(UNLEARN_PASSES), default="both",
+                       tooltip="Which CFG passes the unlearning edits (the paper: both)."),
+    ]
+
+
 class SAEUnlearningSweep(SAENode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -281,15 +296,7 @@ class SAEUnlearningSweep(SAENode):
                 io.String.Input("multipliers", default=", ".join(f"{m:g}" for m in PAPER_MULTIPLIERS),
                                 tooltip="Multipliers to try, separated by commas (each -100..100). The paper's "
                                         "object sweep: -1, -5, -10, -15, -20, -25, -30; styles use -1."),
-                *sampler_inputs(20, 7.5, steps_tip="Sampling steps of every image.",
-                                cfg_tip="CFG of every image (SAeUron: 9 on its UnlearnCanvas SD1.5).",
-                                sampler_tip="Sampler of every image.", scheduler_tip="Scheduler of every image."),
-                io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image width."),
-                io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image height."),
-                io.Int.Input("batch_size", default=4, min=1, max=MAX_BATCH,
-                             tooltip="Images sampled, decoded and classified together: the most held in memory."),
-                io.Combo.Input("passes", options=list(UNLEARN_PASSES), default="both",
-                               tooltip="Which CFG passes the unlearning edits (the paper: both)."),
+                *unlearned_image_inputs(),
                 io.Int.Input("cell_size", default=160, min=32, max=512,
                              tooltip="Size of each image in the grid, in pixels (its longer side)."),
                 io.Boolean.Input("fid", default=False,
@@ -467,15 +474,7 @@ class SAESequentialUnlearning(SAENode):
                                tooltip="The selection percentile of every concept (SAeUron's styles: 99.999)."),
                 io.Float.Input("multiplier", default=-1.0, min=-100.0, max=100.0, step=0.5,
                                tooltip="The multiplier of every concept (SAeUron's styles: -1)."),
-                *sampler_inputs(20, 7.5, steps_tip="Sampling steps of every image.",
-                                cfg_tip="CFG of every image (SAeUron: 9 on its UnlearnCanvas SD1.5).",
-                                sampler_tip="Sampler of every image.", scheduler_tip="Scheduler of every image."),
-                io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image width."),
-                io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image height."),
-                io.Int.Input("batch_size", default=4, min=1, max=MAX_BATCH,
-                             tooltip="Images sampled, decoded and classified together: the most held in memory."),
-                io.Combo.Input("passes", options=list(UNLEARN_PASSES), default="both",
-                               tooltip="Which CFG passes the unlearning edits (the paper: both)."),
+                *unlearned_image_inputs(),
                 CLASSIFIER.Input("cross_classifier", optional=True,
                                  tooltip="Classifier of the other kind (CRA), read from the second label."),
                 *extra_concept_inputs("The next concept removed (in order: concept, concept_2, ...; same SAE and "

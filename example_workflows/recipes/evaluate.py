@@ -22,8 +22,8 @@ CLIP_FULL = "openai_clip-vit-large-patch14.safetensors"  # OpenAI's CLIP ViT-L/1
 STYLES = ["Van Gogh", "Monet", "Picasso", "Watercolor"]
 
 
-@register("sd15_tune_unlearning")
-def sd15_tune_unlearning() -> dict:
+def _van_gogh_profile() -> tuple[Graph, int, int, int]:
+    """The SD1.5 checkpoint, SAeUron's style SAE and a Van Gogh profile against other styles (its name its class)."""
     g = Graph()
     ckpt = g.add("CheckpointLoaderSimple", [SD15], pos=(0, 0), size=(320, 100))
     sae = g.add("SAELoader", ["none", SAEURON_REPO, "unet.up_blocks.1.attentions.2"], pos=(0, 150), size=(420, 130),
@@ -33,6 +33,12 @@ def sd15_tune_unlearning() -> dict:
     profile = g.add("SAEConceptProfile", [target, others, "Van Gogh", "", 3, 7.5, "euler", "normal", 0, 256, 256, 4],
                     pos=(0, 330), size=(420, 520), title="Concept profile: Van Gogh (its name is its class)",
                     model=(ckpt, 0), clip=(ckpt, 1), sae=(sae, 0))
+    return g, ckpt, sae, profile
+
+
+@register("sd15_tune_unlearning")
+def sd15_tune_unlearning() -> dict:
+    g, ckpt, sae, profile = _van_gogh_profile()
     vision = g.add("CLIPVisionLoader", [CLIP_FULL], pos=(460, 0), size=(360, 80), title="CLIP ViT-L/14 vision")
     classifier = g.add("SAEClassifyCLIP", ["\n".join(STYLES), "a painting in {} style", f"clip_vision/{CLIP_FULL}"],
                        pos=(460, 130), size=(360, 260), title="Style classifier (CLIP zero-shot)",
@@ -81,15 +87,7 @@ SPECS.update({
 
 @register("sd15_attack_unlearning")
 def sd15_attack_unlearning() -> dict:
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", [SD15], pos=(0, 0), size=(320, 100))
-    sae = g.add("SAELoader", ["none", SAEURON_REPO, "unet.up_blocks.1.attentions.2"], pos=(0, 150), size=(420, 130),
-                title="SAeUron style SAE (up.1.2)")
-    target = _lines("A painting of {} in Van Gogh style.")
-    others = "\n".join(f"A painting of {s} in {style} style." for s, style in zip(SUBJECTS, STYLES[1:]))
-    profile = g.add("SAEConceptProfile", [target, others, "Van Gogh", "", 3, 7.5, "euler", "normal", 0, 256, 256, 4],
-                    pos=(0, 330), size=(420, 520), title="Concept profile: Van Gogh",
-                    model=(ckpt, 0), clip=(ckpt, 1), sae=(sae, 0))
+    g, ckpt, sae, profile = _van_gogh_profile()
     unlearn = g.add("SAEUnlearnConcept", [99.999, -1.0, 0.0, 1.0, "both"], pos=(460, 330), size=(320, 250),
                     title="Unlearn Van Gogh style", model=(ckpt, 0), sae=(sae, 0), concept=(profile, 0))
     prompt = "A painting of a sailing boat at sunset in Van Gogh style."
