@@ -36,7 +36,8 @@ DISPLAY = {"SAELoader": "Load SAE", "SAEFeatureSteer": "SAE Feature Steer", "SAE
            "SAEConceptProfile": "SAE Concept Profile", "SAEUnlearnConcept": "SAE Unlearn Concept",
            "SAESaveConcept": "SAE Save Concept", "SAELoadConcept": "SAE Load Concept",
            "SAEFindFeatures": "SAE Find Features", "SAECollectActivations": "SAE Collect Activations",
-           "SAETrain": "SAE Train", "SAESave": "SAE Save", "SAEImportLabels": "SAE Import Labels"}
+           "SAETrain": "SAE Train", "SAESave": "SAE Save", "SAEImportLabels": "SAE Import Labels",
+           "SAEUnlearningAttack": "SAE Unlearning Attack"}
 
 
 def graph() -> dict:
@@ -91,6 +92,11 @@ def graph() -> dict:
         "27": node("SAESave", sae=["26", 0], filename="bad_sae", overwrite=True),
         "28": node("SAEImportLabels", sae=["5", 0], labels_file="labels.csv", hub_repo="", hub_path="",
                    hub_repo_type="dataset", replace_imported=False, atlas_name="bad_labels", preview_source=""),
+        "29": node("SAELabTestTinyCheckpoint", family="sd15_clip"),  # the attack needs a real (tiny) CLIP
+        "30": node("SAEUnlearningAttack", model=["29", 0], clip=["29", 1], vae=["29", 2], prompt="a red cat",
+                   target_image=["9", 0], tokens=1, iterations=1, learning_rate=0.01, timesteps=1, position="prepend",
+                   seed=0, seeds="0", negative="", steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+                   width=64, height=64, concept=""),
     }
 
 
@@ -143,6 +149,10 @@ ACCEPTED = {
        for case in ("empty", "huge", "binary", "nul", "dotdot", "absolute", "urlencoded")},
     ("SAEImportLabels", "atlas_name", "empty"): "the atlas goes beside the SAE, inside models/sae",
     ("SAEImportLabels", "preview_source", "empty"): "keeps the atlas's preview setting",
+    **{("SAEUnlearningAttack", which, case): "free text (a prompt; the concept is unused without a classifier)"
+       for which in ("prompt", "negative", "concept") for case in ("binary", "dotdot", "absolute", "urlencoded")},
+    ("SAEUnlearningAttack", "negative", "empty"): "no negative prompt",
+    ("SAEUnlearningAttack", "concept", "empty"): "no classifier, no ASR",
 }
 
 
