@@ -8,9 +8,24 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import atlas, collect, evaluate, find, folders, observe, routes, sae, steer, text, text_collect, train, unlearn
+from . import (
+    atlas,
+    attack,
+    collect,
+    evaluate,
+    find,
+    folders,
+    observe,
+    routes,
+    sae,
+    steer,
+    text,
+    text_collect,
+    train,
+    unlearn,
+)
 
-NODE_MODULES = (sae, steer, observe, unlearn, evaluate, find, atlas, collect, train, text, text_collect)
+NODE_MODULES = (sae, steer, observe, unlearn, evaluate, attack, find, atlas, collect, train, text, text_collect)
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -240,6 +240,30 @@ def inception_file() -> Path:
     return folders.find(folders.CLASSIFIER_FOLDER, name, "Inception weights")
 
 
+def decoded_batch(model, vae, positives: list, negative, seeds: list[int], settings: SamplingSettings):
+    """One batch sampled with ComfyUI's sampler and decoded, as float images on the CPU."""
+    latent = sample_batch(model, positives, negative, seeds, settings)
+    images = vae.decode(latent)
+    if images.ndim == 5:  # video VAEs: (B, T, H, W, 3)
+        images = images.reshape(-1, *images.shape[-3:])
+    return images.float().cpu()
+
+
+def unlearned_image_inputs() -> list:
+    """How the unlearning nodes that sample (sweep, sequential) make each image."""
+    return [
+        *sampler_inputs(20, 7.5, steps_tip="Sampling steps of every image.",
+                        cfg_tip="CFG of every image (SAeUron: 9 on its UnlearnCanvas SD1.5).",
+                        sampler_tip="Sampler of every image.", scheduler_tip="Scheduler of every image."),
+        io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image width."),
+        io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image height."),
+        io.Int.Input("batch_size", default=4, min=1, max=MAX_BATCH,
+                     tooltip="Images sampled, decoded and classified together: the most held in memory."),
+        io.Combo.Input("passes", options=list(UNLEARN_PASSES), default="both",
+                       tooltip="Which CFG passes the unlearning edits (the paper: both)."),
+    ]
+
+
 class SAEUnlearningSweep(SAENode):
     share: ClassVar[WorkShare] = WHOLE  # python -m headless sweep: a torchrun rank's share of the runs
 
@@ -276,15 +300,7 @@ class SAEUnlearningSweep(SAENode):
                 io.String.Input("multipliers", default=", ".join(f"{m:g}" for m in PAPER_MULTIPLIERS),
                                 tooltip="Multipliers to try, separated by commas (each -100..100). The paper's "
                                         "object sweep: -1, -5, -10, -15, -20, -25, -30; styles use -1."),
-                *sampler_inputs(20, 7.5, steps_tip="Sampling steps of every image.",
-                                cfg_tip="CFG of every image (SAeUron: 9 on its UnlearnCanvas SD1.5).",
-                                sampler_tip="Sampler of every image.", scheduler_tip="Scheduler of every image."),
-                io.Int.Input("width", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image width."),
-                io.Int.Input("height", default=512, min=64, max=MAX_SIDE, step=8, tooltip="Image height."),
-                io.Int.Input("batch_size", default=4, min=1, max=MAX_BATCH,
-                             tooltip="Images sampled, decoded and classified together: the most held in memory."),
-                io.Combo.Input("passes", options=list(UNLEARN_PASSES), default="both",
-                               tooltip="Which CFG passes the unlearning edits (the paper: both)."),
+                *unlearned_image_inputs(),
                 io.Int.Input("cell_size", default=160, min=32, max=512,
                              tooltip="Size of each image in the grid, in pixels (its longer side)."),
                 io.Boolean.Input("fid", default=False,
@@ -351,12 +367,8 @@ class SAEUnlearningSweep(SAENode):
                 else:
                     patches[run] = UnlearnPatch(sae, [selections[(run.concept, run.setting)]], ALWAYS, passes)
                     models[run] = install_block_patch(model, where, patches[run], cls.node_name())
-            latent = sample_batch(models[run], [sample_conds[i] for i in indices], negative_cond,
-                                  [plan.samples[i].seed for i in indices], settings)
-            images = vae.decode(latent)
-            if images.ndim == 5:  # video VAEs: (B, T, H, W, 3)
-                images = images.reshape(-1, *images.shape[-3:])
-            return images.float().cpu()
+            return decoded_batch(models[run], vae, [sample_conds[i] for i in indices], negative_cond,
+                                 [plan.samples[i].seed for i in indices], settings)
 
         with torch.no_grad():  # as ComfyUI runs nodes; also when called directly
             result = run_sweep(plan, generate, batches, classifier=classifier, cross_classifier=cross_classifier,
@@ -433,4 +445,105 @@ class SAEUnlearningScores(SAENode):
                              ui=ui.PreviewText(best_text + note + "\n\n" + table))
 
 
-NODES = [SAEUnlearningSweep, SAEClassifyCLIP, SAEClassifierCheckpoint, SAEUnlearningScores]
+# ---------------------------------------------------------------------- sequential unlearning
+class SAESequentialUnlearning(SAENode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SAESequentialUnlearning",
+            display_name="SAE Sequential Unlearning",
+            category=CATEGORY,
+            is_output_node=True,
+            description=(
+                "SAeUron's sequential unlearning (section 7.1): the concepts are removed one after another (step i "
+                "suppresses concepts 1..i together, at one setting), your prompts are sampled after each step with "
+                "ComfyUI's sampler, and the classifier scores each step: UA = mean over the removed concepts of 1 - "
+                "their accuracy, IRA = mean accuracy of the classes not removed yet, CRA = the other kind's. Gives "
+                "the table and a chart, one bar group per step (the un-edited model first)."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to unlearn from (it is not modified)."),
+                io.Clip.Input("clip", tooltip="The text encoder of the model (as for CLIP Text Encode)."),
+                io.Vae.Input("vae", tooltip="The model's VAE: each batch is decoded, classified and dropped."),
+                SAE.Input("sae", tooltip="The SAE the concept profiles were recorded with."),
+                CONCEPT.Input("concept", tooltip="The first concept removed; its name is its class for the scores."),
+                CLASSIFIER.Input("classifier", tooltip="Classifier of the concepts' kind (UA, IRA)."),
+                io.String.Input("prompts", multiline=True,
+                                default="Van Gogh | A painting of a dog in Van Gogh style.\n"
+                                        "Monet | A painting of a dog in Monet style.\n"
+                                        "Picasso | A painting of a dog in Picasso style.",
+                                tooltip=PROMPTS_HELP),
+                io.String.Input("negative", default="", tooltip="The negative prompt (SAeUron: empty)."),
+                io.String.Input("seeds", default="0", tooltip="Seeds, separated by commas; every prompt is sampled "
+                                                              "with each at every step."),
+                io.Float.Input("percentile", default=99.999, min=0.001, max=99.999, step=0.001,
+                               tooltip="The selection percentile of every concept (SAeUron's styles: 99.999)."),
+                io.Float.Input("multiplier", default=-1.0, min=-100.0, max=100.0, step=0.5,
+                               tooltip="The multiplier of every concept (SAeUron's styles: -1)."),
+                *unlearned_image_inputs(),
+                CLASSIFIER.Input("cross_classifier", optional=True,
+                                 tooltip="Classifier of the other kind (CRA), read from the second label."),
+                *extra_concept_inputs("The next concept removed (in order: concept, concept_2, ...; same SAE and "
+                                      "block)."),
+            ],
+            outputs=[
+                io.String.Output(display_name="scores", tooltip="UA / IRA / CRA (%) after each step."),
+                io.Image.Output(display_name="chart", tooltip="UA of the removed concepts and IRA / CRA of the rest, "
+                                                              "one bar group per step."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, sae, concept, classifier, prompts: str, negative: str = "", seeds: str = "0",
+                percentile: float = 99.999, multiplier: float = -1.0, steps: int = 20, cfg: float = 7.5,
+                sampler_name: str = "euler", scheduler: str = "normal", width: int = 512, height: int = 512,
+                batch_size: int = 4, passes: str = "both", cross_classifier=None, concept_2=None, concept_3=None,
+                concept_4=None) -> io.NodeOutput:
+        from ..sae_core.evaluate.sequential import chart_groups, check_order, step_rows, steps_of_sweep
+        from ..sae_core.evaluate.sweep import Setting
+
+        check_choice("passes", passes, UNLEARN_PASSES)
+        if classifier is None:
+            raise SAEInputError("classifier is required: the steps are scored by it")
+        negative = check_text("negative", negative if negative is not None else "", 10_000)
+        settings = SamplingSettings.checked(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler, seed=0,
+                                            width=width, height=height, batch_size=batch_size)
+        concepts = given_concepts(sae, (concept, concept_2, concept_3, concept_4), "remove concepts of one block")
+        check_order([c.name for c in concepts], "the concepts")
+        plan = SweepPlan.build([c.name for c in concepts], parse_percentiles(str(percentile)),
+                               parse_multipliers(str(multiplier)), parse_labelled_prompts(prompts), parse_seeds(seeds))
+        setting = Setting(plan.percentiles[0], plan.multipliers[0])
+        runs = [BASE] + [Run(i, setting) for i in range(len(concepts))]
+        work = start_work(Work(len(runs) * len(plan.samples), settings.steps,
+                               f"{len(runs)} runs (the un-edited model + {len(concepts)} steps) x "
+                               f"{len(plan.samples):,} prompt-seed samples"))
+        where = resolve_block(model, sae, concepts[0].block)
+        conditioning = {p: encode_prompt(clip, p) for p in dict.fromkeys(s.prompt for s in plan.samples)}
+        sample_conds = [conditioning[s.prompt] for s in plan.samples]
+        negative_cond = encode_prompt(clip, negative)
+        selections = [select_concept(c, setting.percentile, setting.multiplier) for c in concepts]
+        current: dict[Run, object] = {}
+        progress = comfy.utils.ProgressBar(work.images)
+
+        def generate(run: Run, indices: list[int]):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if run not in current:
+                current.clear()  # one patched clone at a time
+                current[run] = model if run.is_base else install_block_patch(
+                    model, where, UnlearnPatch(sae, selections[:run.concept + 1], ALWAYS, passes), cls.node_name())
+            return decoded_batch(current[run], vae, [sample_conds[i] for i in indices], negative_cond,
+                                 [plan.samples[i].seed for i in indices], settings)
+
+        with torch.no_grad():
+            result = run_sweep(plan, generate, plan_batches(sample_conds, settings.batch_size), classifier=classifier,
+                               cross_classifier=cross_classifier, progress=progress.update, runs=runs)
+        steps_done = steps_of_sweep(result, setting)
+        base = result.scores(BASE, plan.concepts[0])
+        rows = [score_row("un-edited", "step 0: none removed", base)] + step_rows(steps_done)
+        table = format_rows(rows)
+        chart = scores_chart([("un-edited", base)] + chart_groups(steps_done),
+                             title=f"sequential unlearning at {setting.label}: UA of the removed, IRA / CRA of the "
+                                   f"rest")
+        return io.NodeOutput(table, image_tensor(chart), ui=ui.PreviewText(f"sampled {work.describe()}\n{table}"))
+
+
+NODES = [SAEUnlearningSweep, SAEClassifyCLIP, SAEClassifierCheckpoint, SAEUnlearningScores, SAESequentialUnlearning]

@@ -531,3 +531,54 @@ def test_cli_errors(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert cli(["evaluate", str(tmp_path / "imgs"), "--kind", "style", "--style-classifier",
                 str(tmp_path / "style.safetensors"), "--batch-size", "0"]) == 2
+
+
+# ---------------------------------------------------------------------- sequential unlearning and attacks
+def test_sequential_scores_by_hand():
+    from sae_core.evaluate.sequential import sequential_scores
+
+    # step 1: red removed (acc 0.25), green 1.0, blue 0.5 -> UA 0.75, IRA 0.75
+    # step 2: red 0.0, green 0.5 removed too, blue 0.5 -> UA mean(1.0, 0.5) = 0.75, IRA 0.5 (blue only)
+    # step 3: everything removed -> UA mean(1, 1, 0.75) = 11/12, IRA none
+    steps = sequential_scores(["red", "Green", "blue"],
+                              [{"red": 0.25, "green": 1.0, "blue": 0.5}, {"red": 0.0, "green": 0.5, "blue": 0.5},
+                               {"red": 0.0, "green": 0.0, "blue": 0.25}],
+                              [{"cat": 1.0, "dog": 0.5}, None, {"cat": 0.0}])
+    assert [s.removed for s in steps] == [("red",), ("red", "Green"), ("red", "Green", "blue")]
+    assert [s.scores.ua for s in steps] == pytest.approx([0.75, 0.75, 11 / 12])
+    assert steps[0].scores.ira == pytest.approx(0.75) and steps[1].scores.ira == pytest.approx(0.5)
+    assert steps[2].scores.ira is None
+    assert steps[0].scores.cra == pytest.approx(0.75) and steps[1].scores.cra is None and steps[2].scores.cra == 0
+    assert steps[1].as_dict()["ua"] == pytest.approx(75.0)
+    for order, accs, message in ((["red", "RED"], [{}, {}], "twice"), ([], [], "empty"),
+                                 (["red"], [{}, {}], "2 steps"), (["red"], [{"red": 1.5}], r"\[0, 1\]")):
+        with pytest.raises(SAEInputError, match=message):
+            sequential_scores(order, accs)
+
+
+def test_cli_sequential_and_attack_scores(tmp_path, capsys):
+    write_colour_classifier(tmp_path / "clf", "style", list(RGB), list(RGB.values()))
+    clf = str(tmp_path / "clf" / "style.safetensors")
+    root = tmp_path / "seq"
+    # step 1 (red removed): red's two images blue; step 2 (red, green removed): green's 288 still green
+    write_unlearned_folder(root / "red", "red", {("red", 188): "blue", ("red", 288): "blue"})
+    write_unlearned_folder(root / "green", "green", {("red", 188): "blue", ("red", 288): "blue",
+                                                     ("green", 188): "blue"})
+    assert cli(["evaluate", str(root), "--kind", "style", "--style-classifier", clf,
+                "--sequential", "red, green"]) == 0
+    report = json.loads((root / "sequential_scores.json").read_text())
+    assert [s["removed"] for s in report["steps"]] == [["red"], ["red", "green"]]
+    # step 1: UA 100, IRA mean(green 100, blue 100); step 2: UA mean(100, 50), IRA blue 100
+    assert [s["ua"] for s in report["steps"]] == pytest.approx([100.0, 75.0])
+    assert [s["ira"] for s in report["steps"]] == pytest.approx([100.0, 100.0])
+    assert (root / "sequential_scores.png").is_file() and len((root / "sequential_scores.csv").read_text()
+                                                               .splitlines()) == 3
+    assert cli(["evaluate", str(root), "--kind", "style", "--style-classifier", clf, "--sequential", "red,blue"]) == 2
+    assert "no sub-folder blue/" in capsys.readouterr().err
+    # attacked prompts: one of red's two images shows red again -> ASR 50 %
+    attacked = tmp_path / "attacked"
+    write_unlearned_folder(attacked / "red", "red", {("red", 188): "blue"})
+    assert cli(["evaluate", str(attacked), "--kind", "style", "--style-classifier", clf, "--attack"]) == 0
+    report = json.loads((attacked / "attack_scores.json").read_text())
+    assert report["attack_success_rate"] == {"red": pytest.approx(50.0)}
+    assert "ASR 50.0%" in capsys.readouterr().out and (attacked / "attack_scores.png").is_file()

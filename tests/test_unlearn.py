@@ -137,6 +137,24 @@ def test_edit_scales_a_selected_feature_only_where_it_exceeds_the_threshold():
     assert patch.edited_positions == 1
 
 
+def test_under_autograd_the_edit_has_the_same_value_and_a_gradient_through_the_kept_activations():
+    """For the adversarial attack: which entries fire is held constant; the gradient flows through z_f (s_f - 1)."""
+    sae = identity_sae()
+    x, y = hand_block()
+    ctx = CallContext((0,), 1.0, (1.0, 0.0))
+    plain = patched_output(UnlearnPatch(sae, [manual_selection(sae, [0], [0.5], [-2.0])]), x, y, ctx)
+    leaf = y.clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = patched_output(UnlearnPatch(sae, [manual_selection(sae, [0], [0.5], [-2.0])]), x, leaf, ctx)
+        assert torch.equal(out.detach(), plain)  # bit for bit
+        (grad,) = torch.autograd.grad(out[0, 0].sum(), leaf)
+    # d out[f0] / d y[f0] = 1 + (s - 1) = -2 where f0 fired (position 0), 1 elsewhere (not selected / below threshold)
+    assert grad[0, 0, 0].tolist() == [-2.0, 1.0, 1.0]
+    with torch.enable_grad():  # without a gradient on the input, no graph is built
+        assert not patched_output(UnlearnPatch(sae, [manual_selection(sae, [0], [0.5], [-2.0])]), x, y,
+                                  ctx).requires_grad
+
+
 def test_nothing_firing_returns_the_block_output_itself():
     sae = identity_sae()
     x, y = hand_block()

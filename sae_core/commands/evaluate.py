@@ -24,6 +24,16 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for unlearning_scores.json/.csv/.png (default: the images folder)")
     p.add_argument("--batch-size", type=int, default=32, help="images per classifier batch (default 32)")
     p.add_argument("--device", default="cpu", help="torch device for the classifiers (default cpu; e.g. cuda)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--sequential", metavar="C1,C2,...",
+                      help="sequential unlearning (SAeUron 7.1): the concepts in removal order; the images folder "
+                           "holds one sub-folder per concept, <Ci>/ sampled with C1..Ci removed together; writes "
+                           "sequential_scores.json/.csv/.png (UA of the removed, IRA / CRA of the rest, per step)")
+    mode.add_argument("--attack", action="store_true",
+                      help="adversarial prompts (UnlearnDiffAtk, SAeUron 7.2): the folder (or its <concept>/ "
+                           "sub-folders) holds the images generated from attacked prompts; the attack success rate "
+                           "is the fraction of the concept's images the classifier still finds it in (= 100 - UA); "
+                           "writes attack_scores.json/.csv/.png")
 
 
 @command("evaluate", "score unlearning as SAeUron does (UA, IRA, CRA, FID) over folders of generated images", _args)
@@ -32,7 +42,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluate.classifiers import load_classifier
     from ..evaluate.fid import inception_extractor
     from ..evaluate.image_folders import evaluate_protocol
-    from ..evaluate.report import format_rows, score_row, scores_chart, write_reports
+    from ..evaluate.report import score_row, scores_chart
     from ..validate import check_number
 
     check_number("--batch-size", args.batch_size, 1, 4096, integer=True)
@@ -55,6 +65,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     def progress(name: str, done: int, total: int) -> None:
         print(f"[{done + 1}/{total}] {name}", file=sys.stderr, flush=True)
 
+    if args.sequential is not None:
+        return _sequential(args, classifiers, progress)
     result = evaluate_protocol(args.images, args.kind, classifiers, concept=args.concept, batch_size=args.batch_size,
                                reference=args.reference, fid_extractor=extractor, progress=progress)
     rows = []
@@ -67,11 +79,65 @@ def _evaluate(args: argparse.Namespace) -> int:
     rows.append(score_row("average", "best per concept", result.average))
     groups = [(c, scores) for c, (_, scores) in result.best.items()] + [("average", result.average)]
     chart = scores_chart(groups, title=f"{args.kind} unlearning: UA / IRA / CRA (best setting per concept)")
-    out = Path(args.out or args.images)
-    paths = write_reports(out, "unlearning_scores", result.as_dict(), rows, chart)
+    stem = "unlearning_scores"
+    report = result.as_dict()
+    if args.attack:
+        stem, rows, chart = "attack_scores", _attack_rows(rows), _attack_chart(result)
+        report["attack_success_rate"] = {c: 100.0 - scores.ua * 100 for c, (_, scores) in result.best.items()
+                                         if scores.ua is not None}
+    _write(args, stem, report, rows, chart)
+    return 0
+
+
+def _write(args: argparse.Namespace, stem: str, report: dict, rows: list[dict], chart) -> None:
+    from ..evaluate.report import format_rows, write_reports
+
+    paths = write_reports(Path(args.out or args.images), stem, report, rows, chart)
     print(format_rows(rows))
     for path in paths:
         print(f"wrote {path}")
+
+
+def _attack_rows(rows: list[dict]) -> list[dict]:
+    """The score rows with the attack success rate (100 - UA) in the setting column."""
+    return [{**r, "setting": "-" if r["UA"] is None else f"ASR {100 - r['UA']:.1f}%"} for r in rows]
+
+
+def _attack_chart(result):
+    from ..evaluate.report import scores_chart
+
+    groups = [(c, scores) for c, (_, scores) in result.best.items()] + [("average", result.average)]
+    return scores_chart(groups, title="attacked prompts: UA (= 100 - attack success rate) / IRA / CRA")
+
+
+def _sequential(args: argparse.Namespace, classifiers: dict, progress) -> int:
+    """Each concept's sub-folder scored with every concept up to it removed."""
+    from ..errors import SAEInputError
+    from ..evaluate.image_folders import discover, evaluate_folder
+    from ..evaluate.metrics import canonical
+    from ..evaluate.report import scores_chart
+    from ..evaluate.sequential import chart_groups, check_order, sequential_scores, step_rows
+
+    order = check_order(args.sequential.split(","), "--sequential")
+    found = {canonical(name): path for name, _, path in discover(args.images)}
+    evaluations = []
+    for i, concept in enumerate(order):
+        path = found.get(canonical(concept))
+        if path is None:
+            raise SAEInputError(f"--sequential step {i + 1} removes '{concept}', but {args.images} has no "
+                                f"sub-folder {concept}/ (the images sampled with {', '.join(order[:i + 1])} removed)")
+        progress(concept, i, len(order))
+        evaluations.append(evaluate_folder(path, concept, args.kind, classifiers, batch_size=args.batch_size))
+    steps = sequential_scores(order, [e.accuracy for e in evaluations],
+                              [e.cross_accuracy or None for e in evaluations],
+                              [e.scores.n_images for e in evaluations])
+    report = {"kind": args.kind, "order": order, "units": "percent (UA, IRA, CRA, ua_ira_mean)",
+              "rule": "after step i: UA over the i removed concepts, IRA over the classes not removed, CRA over the "
+                      "other kind", "steps": [s.as_dict() for s in steps],
+              "evaluations": [e.as_dict() for e in evaluations]}
+    chart = scores_chart(chart_groups(steps), title=f"sequential {args.kind} unlearning: UA of the removed, IRA / "
+                                                    f"CRA of the rest, per step")
+    _write(args, "sequential_scores", report, step_rows(steps), chart)
     return 0
 
 

@@ -288,9 +288,15 @@ class UnlearnPatch(BlockPatch):
         """Positions edited so far (device counts are read here, not in the patch)."""
         return self._edited_host + (int(self._edited_device) if self._edited_device is not None else 0)
 
-    @torch.no_grad()
     def __call__(self, view: BlockView, ctx: CallContext) -> Tensor | None:
+        """The edit; without a gradient, unless the block's input carries one (an adversarial attack through the
+        model, sae_core/evaluate/attack.py). Then which entries fire is a discrete choice held constant and the
+        gradient flows through the kept activations ``z_f (s_f - 1)``; the value is the same as without autograd."""
         u = view.sae_input(self.sae.input_kind)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and u.requires_grad):
+            return self._edit(view, ctx, u)
+
+    def _edit(self, view: BlockView, ctx: CallContext, u: Tensor) -> Tensor | None:
         signs, any_rows = self.rows.signs(ctx, view.n_rows, u)
         if not any_rows:
             return None

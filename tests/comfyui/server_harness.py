@@ -174,7 +174,8 @@ TINY_WIDTH = 128  # width of the paper blocks in the tiny U-Nets
 
 # Each workflow's family, from its file name; its loaders are swapped for the test pack's tiny ones.
 FAMILY_PREFIXES = (("flux_text", "flux_clip"), ("flux", "flux"), ("sd3", "sd3"), ("qwen_image", "qwen_image"),
-                   ("sd15_text", "sd15_clip"), ("sd15_collect_text", "sd15_clip"), ("sd15", "sd15"),
+                   ("sd15_attack", "sd15_clip"), ("sd15_text", "sd15_clip"), ("sd15_collect_text", "sd15_clip"),
+                   ("sd15", "sd15"),
                    ("sdxl_text", "sdxl_clip"), ("sdxl", "sdxl"))
 # the tiny pack's families with a real tiny CLIP
 MODEL_OF_FAMILY = {"flux_clip": "flux", "sd15_clip": "sd15", "sdxl_clip": "sdxl"}

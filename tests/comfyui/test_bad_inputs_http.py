@@ -39,7 +39,8 @@ DISPLAY = {"SAELoader": "Load SAE", "SAEFeatureSteer": "SAE Feature Steer", "SAE
            "SAETrain": "SAE Train", "SAESave": "SAE Save", "SAEImportLabels": "SAE Import Labels",
            "SAEInspect": "SAE Inspect",
            "SAETextSteer": "SAE Text Steer", "SAETextFeatures": "SAE Text Features", "SAETextErase": "SAE Text Erase",
-           "SAECollectTextActivations": "SAE Collect Text Activations"}
+           "SAECollectTextActivations": "SAE Collect Text Activations",
+           "SAEUnlearningAttack": "SAE Unlearning Attack"}
 CLIP_L9_SAE, T5_SAE = (f"{run}/final" for run in TEXT_SAES)  # Concept Steerers' layout: CLIP-L 9 (64 wide), T5 (32)
 REPEATED = {"30"}  # a second Load SAE (of the text SAE): its inputs are node 5's, tried there
 
@@ -114,6 +115,11 @@ def graph() -> dict:
                    prompts_per_shard=1, batch_size=2),
         "39": node("PreviewAny", source=["38", 1]),
         "41": node("SAEInspect", recording=["7", 1], image=["9", 0], mask_features="3", mask_step=-1),
+        "42": node("SAELabTestTinyCheckpoint", family="sd15_clip"),  # the attack needs a real (tiny) CLIP
+        "43": node("SAEUnlearningAttack", model=["42", 0], clip=["42", 1], vae=["42", 2], prompt="a red cat",
+                   target_image=["9", 0], tokens=1, iterations=1, learning_rate=0.01, timesteps=1, position="prepend",
+                   seed=0, seeds="0", negative="", steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+                   width=64, height=64, concept=""),
     }
 
 
@@ -177,6 +183,10 @@ ACCEPTED = {
     **{("SAETextSteer", "concept", case): "free text, unused in the feature modes"
        for case in ("empty", "binary", "dotdot", "absolute", "urlencoded")},
     ("SAECollectTextActivations", "prompts_file", "empty"): "no prompt file",
+    **{("SAEUnlearningAttack", which, case): "free text (a prompt; the concept is unused without a classifier)"
+       for which in ("prompt", "negative", "concept") for case in ("binary", "dotdot", "absolute", "urlencoded")},
+    ("SAEUnlearningAttack", "negative", "empty"): "no negative prompt",
+    ("SAEUnlearningAttack", "concept", "empty"): "no classifier, no ASR",
 }
 
 

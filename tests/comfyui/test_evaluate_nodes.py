@@ -337,3 +337,44 @@ def test_clip_zero_shot_plumbing_with_tiny_comfyui_clip_models(clip_vision_folde
                           (("a\nb", "{}", "nope"), "text_projection 'nope' is not valid")):
         with pytest.raises(ValueError, match=f"SAE Classify \\(CLIP\\): .*{message}"):
             SAEClassifyCLIP.execute(vision, clip, *args)
+
+
+def test_sequential_unlearning_scores_each_step_from_the_unlearned_images(setup, classifier_folder):
+    """Two concepts removed in turn: step 2's images are those of SAE Unlearn Concept with both profiles (one patch),
+    and its scores are counted here from the classifier's predictions on them."""
+    from sae_lab_pack.nodes.evaluate import SAESequentialUnlearning
+
+    model, sae, vae, profile = setup
+    monet = SAEConceptProfile.execute(model, TE, sae, "monet cat\nmonet house\nmonet tree",
+                                      "vangogh cat\nphoto house\nsketch tree", "monet", "", STEPS, CFG, "euler",
+                                      "normal", 0, SIDE, SIDE, 4).result[0]
+    samples = [line.split(" | ") for line in PROMPTS.splitlines()]
+    truth = [label for label, _ in samples]
+
+    @torch.inference_mode()
+    def images_of(m):
+        return torch.stack([vae.decode(sample(m, encode(TE, p), encode(TE, ""), torch.zeros(1, 4, SIDE // 8,
+                                                                                           SIDE // 8),
+                                              steps=STEPS, cfg=CFG, seed=0))[0] for _, p in samples])
+
+    base = images_of(model)
+    classifier = plant_classifier(classifier_folder, base, truth)
+    both = SAEUnlearnConcept.execute(model, sae, profile, percentile=95.0, multiplier=-30.0,
+                                     concept_2=monet).result[0]
+    predicted = [CLASSES[j] for j in classifier(images_of(both)).argmax(1).tolist()]
+    ua_v, _ = by_hand(predicted, truth, "vangogh")
+    ua_m, _ = by_hand(predicted, truth, "monet")
+    ira_photo = float(predicted[truth.index("photo")] == "photo")
+    table, chart = SAESequentialUnlearning.execute(
+        model, TE, vae, sae, profile, classifier, PROMPTS, seeds="0", percentile=95.0, multiplier=-30.0,
+        steps=STEPS, cfg=CFG, width=SIDE, height=SIDE, batch_size=2, concept_2=monet).result
+    lines = table.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["un-edited", "vangogh", "monet"]
+    step2 = lines[3].split()
+    assert float(step2[5]) == pytest.approx(100 * (ua_v + ua_m) / 2, abs=0.05)   # UA over both removed
+    assert float(step2[6]) == pytest.approx(100 * ira_photo, abs=0.05)           # IRA: photo only
+    assert float(lines[1].split()[6]) == pytest.approx(100.0)  # un-edited: every class recognised
+    assert chart.shape[0] == 1 and float(chart.std()) > 0
+    with pytest.raises(ValueError, match="^SAE Sequential Unlearning: .*names 'vangogh' twice"):
+        SAESequentialUnlearning.execute(model, TE, vae, sae, profile, classifier, PROMPTS, steps=STEPS,
+                                        width=SIDE, height=SIDE, concept_2=profile)
