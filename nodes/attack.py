@@ -38,6 +38,7 @@ from .sockets import CLASSIFIER
 
 CATEGORY = "SAE Lab/unlearning"
 MAX_SEEDS = 16
+MAX_TARGETS = 16
 # one attack model call (forward + backward, activations kept) costs about three sampling steps of one image
 CALL_COST = 3
 
@@ -122,9 +123,20 @@ def check_target(image, width: int, height: int) -> torch.Tensor:
         raise SAEInputError(f"target_image is {image.shape[2]}x{image.shape[1]} but the attack generates {width}x"
                             f"{height} images (width x height): give a target of that size, e.g. an image of the "
                             f"un-edited model at these settings")
+    if image.shape[0] > MAX_TARGETS:
+        raise SAEInputError(f"target_image holds {image.shape[0]} images; at most {MAX_TARGETS} (each costs every "
+                            f"iteration a model call)")
     if not torch.isfinite(image).all():
         raise SAEInputError("target_image holds NaN or infinite values")
     return image
+
+
+def loaded_for_inference(patcher) -> None:
+    """The model on its device, loaded under inference mode as ComfyUI loads it. A load inside the attack's autograd
+    (ComfyUI loads a model on its first call) would wrap its weights in new Parameters that lack the version counter
+    every later call needs; loaded here first, the calls inside find it loaded and change nothing."""
+    with torch.inference_mode():
+        comfy.model_management.load_models_gpu([patcher])
 
 
 def attack(model, clip, vae, prompt: str, target: torch.Tensor, settings: AttackSettings, seed: int):
@@ -141,7 +153,9 @@ def attack(model, clip, vae, prompt: str, target: torch.Tensor, settings: Attack
     progress = comfy.utils.ProgressBar(settings.iterations)
 
     def denoise(noised, sigma, adversarial):
+        loaded_for_inference(clip.patcher)
         conditioning = words.encode([adversarial[i] for i in range(adversarial.shape[0])])
+        loaded_for_inference(model)
         return model_call(model, conditioning, noised, sigma.to(noised.device))
 
     with differentiable():
@@ -247,7 +261,8 @@ class SAEUnlearningAttack(SAENode):
         work = start_work(Work(CALL_COST * calls + 2 * len(eval_seeds) * sampling.steps, 1,
                                f"{settings.iterations:,} iterations x {settings.timesteps} timesteps x "
                                f"{target.shape[0]} target images = {calls:,} forward + backward model calls "
-                               f"(~{CALL_COST} image-steps each), then 2 x {len(eval_seeds)} images x "
+                               f"(~{CALL_COST} image-steps each, one image and timestep at a time: the memory "
+                               f"of one model call's forward and backward), then 2 x {len(eval_seeds)} images x "
                                f"{sampling.steps} steps"))
         words, result = attack(model, clip, vae, prompt, target, settings, seed)
         token_ids = result.token_ids

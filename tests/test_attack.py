@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from sae_core.errors import SAEInputError
-from sae_core.evaluate.attack import AttackSettings, denoising_loss, draw, nearest_tokens, run_attack
+from sae_core.evaluate.attack import (
+    AttackSettings,
+    denoising_loss,
+    draw,
+    loss_and_gradient,
+    nearest_tokens,
+    run_attack,
+)
 
 V, D, C, SIDE = 64, 8, 4, 4
 
@@ -73,6 +80,26 @@ def test_the_attack_lowers_the_denoising_loss_with_real_tokens_and_touches_nothi
     # seeded: the same run gives the same tokens
     again = run_attack(model, target, model.vocabulary, [0], sigmas, settings, seed=0)
     assert again.token_ids == result.token_ids and again.losses == result.losses
+
+
+def test_the_gradient_is_taken_one_image_and_one_draw_at_a_time_and_equals_the_whole_batchs(tiny):
+    target, model, sigmas = tiny
+    targets = torch.cat([target, -target])
+    draws = draw(targets, sigmas, 3, seed=4)
+    tokens = model.vocabulary[[5, 9]]
+    batches = []
+
+    def denoise(noised, sigma, adversarial):
+        batches.append(noised.shape[0])
+        return model(noised, sigma, adversarial)
+
+    loss, gradient = loss_and_gradient(denoise, targets, tokens, draws)
+    leaf = tokens.clone().requires_grad_(True)
+    whole = denoising_loss(model, targets, leaf, draws)
+    (expected,) = torch.autograd.grad(whole, leaf)
+    assert batches == [1] * 6  # memory: one image's model call at a time
+    assert float(loss) == pytest.approx(float(whole.detach()), rel=1e-6)
+    assert torch.allclose(gradient, expected, rtol=1e-5, atol=1e-8) and float(gradient.abs().sum()) > 0
 
 
 def test_cancel_stops_between_iterations_and_a_diverging_loss_is_refused(tiny):

@@ -103,6 +103,26 @@ def denoising_loss(denoise: Denoiser, target: Tensor, adversarial: Tensor,
     return total / len(draws)
 
 
+def loss_and_gradient(denoise: Denoiser, target: Tensor, tokens: Tensor,
+                      draws: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """:func:`denoising_loss` of ``tokens`` (k, D) over every target image and draw, and its gradient with respect
+    to them, one image and one draw at a time: the memory of an attack is one model call's forward and backward,
+    whatever its number of target images and timesteps (the loss is a mean, so its gradient is the mean of theirs)."""
+    parts = [(i, sigma, noise[i:i + 1]) for sigma, noise in draws for i in range(target.shape[0])]
+    total = torch.zeros((), device=target.device)
+    gradient = torch.zeros_like(tokens, dtype=torch.float32)
+    for i, sigma, noise in parts:
+        with torch.enable_grad():
+            leaf = tokens.detach().clone().requires_grad_(True)
+            loss = denoising_loss(denoise, target[i:i + 1], leaf, [(sigma, noise)]) / len(parts)
+            if not torch.isfinite(loss):  # no backward pass through NaNs: the caller refuses the loss
+                return loss.detach(), gradient
+            if loss.requires_grad:  # a model that ignores the prompt gives no gradient
+                gradient += torch.autograd.grad(loss, leaf)[0].float()
+        total += loss.detach()
+    return total, gradient
+
+
 @dataclass
 class AttackResult:
     """The adversarial tokens (those of the lowest loss), the loss of each iteration's projected tokens (the first
@@ -151,15 +171,13 @@ def run_attack(denoise: Denoiser, target: Tensor, vocabulary: Tensor, initial_id
         for iteration in range(settings.iterations):
             if cancel is not None:
                 cancel()
-            with torch.enable_grad():
-                ids = nearest_tokens(adversarial.detach(), vocabulary).tolist()
-                projected = vocabulary[ids].to(device=device, dtype=target.dtype).clone().requires_grad_(True)
-                loss = denoising_loss(denoise, target, projected, draws)
-                if not torch.isfinite(loss):
-                    raise SAEInputError(f"the attack's loss became {float(loss.detach())} (not finite); lower the "
-                                        f"learning rate ({settings.lr:g})")
-                (gradient,) = torch.autograd.grad(loss, projected)
-            result.losses.append(float(loss.detach()))
+            ids = nearest_tokens(adversarial.detach(), vocabulary).tolist()
+            loss, gradient = loss_and_gradient(denoise, target, vocabulary[ids].to(device=device, dtype=target.dtype),
+                                               draws)
+            if not torch.isfinite(loss):
+                raise SAEInputError(f"the attack's loss became {float(loss)} (not finite); lower the "
+                                    f"learning rate ({settings.lr:g})")
+            result.losses.append(float(loss))
             if result.losses[-1] < result.losses[result.best_iteration]:
                 result.best_iteration, result.token_ids = iteration, ids
             optimiser.zero_grad(set_to_none=True)

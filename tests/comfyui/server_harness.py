@@ -205,7 +205,7 @@ TINY_SIZE_DIVISOR = 4
 SIZED_NODES = {"EmptySD3LatentImage", "SAECollectActivations", "SAEConceptProfile"}
 # The unlearning sweep samples dozens of images, and the U-Net workflows' 512 px latents cost the tiny U-Net's
 # level-0 self-attention 4096 tokens a step: on the tiny models of every family their image sizes are divided too.
-SIZED_ON_EVERY_MODEL = {"SAEUnlearningSweep", "EmptyLatentImage"}
+SIZED_ON_EVERY_MODEL = {"SAEUnlearningSweep", "EmptyLatentImage", "SAEUnlearningAttack"}
 # What the "tune unlearning" workflow reads from models/: the full OpenAI CLIP ViT-L/14 file's text projection (here
 # mapping the tiny text encoder's pooled output to the tiny CLIP vision's embeddings).
 CLIP_PROJECTION_FILE = "openai_clip-vit-large-patch14.safetensors"

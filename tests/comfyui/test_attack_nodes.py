@@ -22,13 +22,15 @@ from sae_lab_pack.nodes import attack as attack_nodes  # noqa: E402
 from sae_lab_pack.nodes.attack import SAEUnlearningAttack, model_call  # noqa: E402
 from sae_lab_pack.nodes.evaluate import SAEClassifierCheckpoint  # noqa: E402
 from sae_lab_pack.nodes.unlearn import SAEConceptProfile, SAEUnlearnConcept  # noqa: E402
+from sae_lab_pack.sae_core.evaluate.classifiers import classify  # noqa: E402
 from sae_lab_pack.sae_core.evaluate.through_inference import differentiable  # noqa: E402
 
-CLASSES = ["vangogh", "monet", "photo"]
-PROMPTS = {"vangogh": "vangogh cat", "monet": "monet cat", "photo": "photo house"}
+CLASSES = ["vangogh", "other"]
+PROMPT = "vangogh cat"
+EVAL_SEEDS = (0, 1)
 STEPS, CFG, SIDE = 2, 5.0, 64
-ATTACK = dict(tokens=2, iterations=3, learning_rate=0.5, timesteps=1, seed=0, seeds="0, 1", steps=STEPS, cfg=CFG,
-              width=SIDE, height=SIDE)
+ATTACK = dict(tokens=2, iterations=3, learning_rate=0.5, timesteps=1, seed=0, seeds=", ".join(map(str, EVAL_SEEDS)),
+              steps=STEPS, cfg=CFG, width=SIDE, height=SIDE)
 
 
 def encode(clip, text):
@@ -54,12 +56,18 @@ def run(tmp_path_factory):
                                             "monet cat\nphoto house", "vangogh", "", STEPS, CFG,
                                             "euler", "normal", 0, SIDE, SIDE, 4).result[0]
         unlearned = SAEUnlearnConcept.execute(model, sae, profile, percentile=95.0, multiplier=-30.0).result[0]
-        base = {c: vae.decode(sample(model, encode(clip, p), encode(clip, ""), torch.zeros(1, 4, SIDE // 8,
-                                                                                          SIDE // 8),
-                                     steps=STEPS, cfg=CFG, seed=0))[:1] for c, p in PROMPTS.items()}
-        images = torch.cat([base[c] for c in CLASSES])
-        centre = (2 * images.mean(dim=(1, 2)) - 1).mean(0)
-        directions = [tuple(v) for v in colour_features(images, centre).tolist()]
+        def images_of(m, seed):
+            latent = torch.zeros(1, 4, SIDE // 8, SIDE // 8)
+            return vae.decode(sample(m, encode(clip, PROMPT), encode(clip, ""), latent, steps=STEPS, cfg=CFG,
+                                     seed=seed))[:1]
+
+        # the concept is the un-edited model's colour for the prompt; the classifier tells it from the colour the
+        # unlearned model gives the same prompt and seeds (its two directions about their midpoint)
+        target = images_of(model, 0)
+        suppressed = torch.cat([images_of(unlearned, seed) for seed in EVAL_SEEDS])
+        centre = ((2 * target.mean(dim=(1, 2)) - 1)[0] + (2 * suppressed.mean(dim=(1, 2)) - 1).mean(0)) / 2
+        directions = [tuple(colour_features(target, centre)[0].tolist()),
+                      tuple(colour_features(suppressed, centre).mean(0).tolist())]
         root = tmp_path_factory.mktemp("sae_classifiers")
         folder_paths.folder_names_and_paths["sae_classifiers"] = ([str(root)], {".safetensors"})
         write_colour_classifier(root, "planted", CLASSES, directions, centre=tuple(centre.tolist()))
@@ -79,14 +87,14 @@ def run(tmp_path_factory):
     attack_nodes.attack = spy
     try:
         with torch.inference_mode():  # as ComfyUI runs nodes
-            out = {name: SAEUnlearningAttack.execute(m, clip, vae, PROMPTS["vangogh"], base["vangogh"],
+            out = {name: SAEUnlearningAttack.execute(m, clip, vae, PROMPT, target,
                                                      classifier=classifier, concept="vangogh", **ATTACK).result
                    for name, m in (("unlearned", unlearned), ("base", model))}
     finally:
         attack_nodes.attack = real_attack
     return dict(model=model, unlearned=unlearned, vae=vae, clip=clip, classifier=classifier, out=out,
                 results=dict(zip(("unlearned", "base"), results["result"])), before=before, weights=weights,
-                flags=flags, clip_weights=clip_weights, target=base["vangogh"])
+                flags=flags, clip_weights=clip_weights, target=target)
 
 
 def test_the_attack_lowers_the_loss_with_real_tokens_and_gives_their_conditioning(run):
@@ -111,6 +119,27 @@ def test_asr_is_the_classifiers_finding_on_the_attacked_images_and_no_lower_with
     assert asr == pytest.approx(sum(found) / len(found))
     assert f"attacked {100 * asr:.1f}%" in info
     assert run["out"]["base"][4] >= asr  # without unlearning the attack succeeds at least as often
+
+
+def test_under_unlearning_the_attacked_images_score_higher_on_the_concept_than_the_plain_ones(run):
+    classifier = run["classifier"]
+    _, _, attacked, plain, _, _ = run["out"]["unlearned"]
+    concept = classifier.class_names.index("vangogh")
+    with torch.inference_mode():
+        scores = {name: float(classify(classifier, images)[:, concept].mean())
+                  for name, images in (("attacked", attacked), ("plain", plain))}
+    assert scores["attacked"] > scores["plain"], scores
+
+
+def test_an_attack_on_a_model_never_loaded_before_leaves_it_and_its_clip_usable(run):
+    """ComfyUI loads a model on its first call; that load must not happen inside the attack's autograd."""
+    with torch.inference_mode():
+        model, clip = build_unet("sd15"), build_sd1_clip(width=64, layers=2)
+        values = dict(ATTACK, iterations=1, seeds="0", steps=1)
+        out = SAEUnlearningAttack.execute(model, clip, run["vae"], "vangogh cat", run["target"], **values).result
+        again = fixed_call(model, clip)
+    assert out[2].shape == (1, SIDE, SIDE, 3) and torch.isfinite(again).all()
+    assert all(p.is_inference() for p in model.model.parameters())
 
 
 def test_an_autograd_model_call_with_the_patch_has_the_plain_value_and_nothing_shared_changed(run):
@@ -147,11 +176,14 @@ def test_an_autograd_model_call_with_the_patch_has_the_plain_value_and_nothing_s
     (dict(prompt="   "), "prompt is empty"), (dict(width=128), "target_image is 64x64 but the attack generates 128x64"),
     (dict(concept="cubism"), "concept 'cubism' is not a class"),
     (dict(iterations=10_000, timesteps=64), "this request would sample .* above this server.s cap"),
+    (dict(target_image=17), "target_image holds 17 images; at most 16"),
 ])
 def test_bad_inputs_are_refused_naming_the_node(run, change, message):
-    values = dict(ATTACK, prompt=PROMPTS["vangogh"], classifier=run["classifier"], concept="vangogh")
+    values = dict(ATTACK, prompt=PROMPT, classifier=run["classifier"], concept="vangogh")
     values.update(change)
     prompt = values.pop("prompt")
+    target = run["target"].repeat(values.pop("target_image", 1), 1, 1, 1)
     with pytest.raises(ValueError, match=f"^SAE Unlearning Attack: {message}"):
         with torch.inference_mode():
-            SAEUnlearningAttack.execute(run["unlearned"], run["clip"], run["vae"], prompt, run["target"], **values)
+            SAEUnlearningAttack.execute(run["unlearned"], run["clip"], run["vae"], prompt, target, **values)
+
