@@ -1,9 +1,11 @@
 """SAE Unlearning Attack on the tiny SD1.5 with ComfyUI's own CLIP (a tiny CLIP-L) and model call, the unlearn patch
-in place, and a planted colour classifier (tests/planted.py) that knows the un-edited model's images.
+in place, and a planted colour classifier (tests/planted.py) that tells the un-edited model's colour for the prompt
+(the concept) from the colour the unlearned model gives it.
 
 One module fixture runs the expensive part once: an attack on the unlearned model and one on the un-edited model;
 the tests check its results (the loss on the attack's draw falls, the tokens are real vocabulary tokens and the
-conditioning is theirs, the ASR is the classifier's finding, no lower on the un-edited model), that an autograd
+conditioning is theirs, the attacked images score higher on the concept than the plain ones, the ASR is the
+classifier's finding, no lower on the un-edited model), that an autograd
 model call with the patch in place has the value of a plain one bit for bit, that nothing shared changed, and the
 node's errors.
 """
