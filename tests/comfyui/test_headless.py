@@ -17,9 +17,12 @@ import pytest
 import torch
 from PIL import Image
 from planted import write_colour_classifier
-from safetensors.torch import load_file
-from tiny_models import TinyTextEncoder, build_unet, build_vae
+from safetensors.torch import load_file, save_file
+from tiny_models import _COMMON, TinyTextEncoder, _init_weights, build_unet, build_vae
 
+import comfy.sd  # noqa: E402
+import comfy.sd1_clip  # noqa: E402
+import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
 
 comfy_harness.load_pack()
@@ -61,7 +64,8 @@ def root(tmp_path_factory):
     write_colour_classifier(root / "models" / "sae_classifiers", "colours", CLASSES, [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
     (root / "extra_model_paths.yaml").write_text(
         f"headless_test:\n  base_path: {root / 'models'}\n  sae: sae\n  sae_concepts: sae_concepts\n"
-        f"  sae_classifiers: sae_classifiers\n")
+        f"  sae_classifiers: sae_classifiers\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
+        f"  text_encoders: text_encoders\n")
     workflows = {
         "collect": {**TINY, "2": {"class_type": "SAECollectActivations",
                                   "inputs": {"model": ["1", 0], "clip": ["1", 1], "dataset_name": "wf", **COLLECT}}},
@@ -220,3 +224,65 @@ def test_a_sweep_split_over_two_ranks_equals_the_node(sweeps):
         np.testing.assert_allclose(np.asarray(saved["probabilities"][key]), record.probabilities, rtol=1e-6)
     scores = json.loads((out / "unlearning_scores.json").read_text())
     assert scores["scores"] == json.loads(json.dumps(score_rows(result)))
+
+
+# SD1.5's layout at one level of the U-Net (320 channels, context 768: ComfyUI detects an SD1.5 checkpoint) and
+# SD1.5's own CLIP-L, random: real files for ComfyUI's own loaders
+MINI_SD15 = {**_COMMON, "model_channels": 320, "context_dim": 768, "adm_in_channels": None, "num_res_blocks": [1],
+             "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 0, "num_heads": 8,
+             "num_head_channels": -1, "use_linear_in_transformer": False, "transformer_depth_output": [1, 1]}
+MINI_BLOCKS = "down.0.0, mid.0"
+
+
+def write_mini_sd15(models: Path) -> Path:
+    """models/checkpoints/mini_sd15.safetensors (U-Net + CLIP-L in an SD1.5 checkpoint's keys), and the same
+    weights as models/diffusion_models/mini_unet.safetensors and models/text_encoders/mini_clip_l.safetensors."""
+    with torch.inference_mode(False):
+        unet = comfy.supported_models.SD15(dict(MINI_SD15)).get_model({}).diffusion_model
+        _init_weights(unet, 0)
+        text = comfy.sd1_clip.SDClipModel()  # CLIP-L at its real size: the loaders build that one
+        _init_weights(text, 1)
+        unet_sd = {k: v.half().contiguous() for k, v in unet.state_dict().items()}
+        text_sd = {k.removeprefix("transformer."): v.half().contiguous() for k, v in text.state_dict().items()
+                   if k.startswith("transformer.")}
+    for sub in ("checkpoints", "diffusion_models", "text_encoders"):
+        (models / sub).mkdir(exist_ok=True)
+    checkpoint = models / "checkpoints" / "mini_sd15.safetensors"
+    save_file({**{f"model.diffusion_model.{k}": v for k, v in unet_sd.items()},
+               **{f"cond_stage_model.transformer.{k}": v for k, v in text_sd.items()}}, str(checkpoint))
+    save_file(unet_sd, str(models / "diffusion_models" / "mini_unet.safetensors"))
+    save_file(text_sd, str(models / "text_encoders" / "mini_clip_l.safetensors"))
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def from_files(root):
+    """The node on the checkpoint loaded here, and the headless job from --checkpoint and from --unet + --clip."""
+    checkpoint = write_mini_sd15(root / "models")
+    with torch.inference_mode():
+        model, clip = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False)[:2]
+        with one_thread():
+            SAECollectActivations.execute(model, clip, **{**COLLECT, "blocks": MINI_BLOCKS,
+                                                          "dataset_name": "files_reference"})
+    reference = dataset_rows(Path(folder_paths.get_output_directory()) / "sae_datasets" / "files_reference")
+    runs = {"checkpoint": headless(root, "collect", "--checkpoint", "mini_sd15.safetensors", "--blocks", MINI_BLOCKS,
+                                   "--dataset-name", "from_checkpoint", ranks=0),
+            "unet": headless(root, "collect", "--unet", "mini_unet.safetensors", "--clip", "mini_clip_l.safetensors",
+                             "--blocks", MINI_BLOCKS, "--dataset-name", "from_unet", ranks=0)}
+    return reference, runs
+
+
+@pytest.mark.parametrize("files, dataset", [("checkpoint", "from_checkpoint"), ("unet", "from_unet")])
+def test_a_collection_from_model_files_equals_the_node_on_comfyuis_loaders(root, from_files, files, dataset):
+    reference, runs = from_files
+    assert runs[files].returncode == 0, runs[files].stderr[-3000:]
+    got = dataset_rows(root / "output" / "sae_datasets" / dataset)
+    assert set(got) == set(reference) == {"down.0.0", "mid.0"}
+    assert reference["down.0.0"]["activations"].shape == (8 * 64, 320)  # 8 prompts x 1 step x an 8 x 8 grid
+    for block, tensors in reference.items():
+        for key, tensor in tensors.items():
+            assert torch.equal(tensor, got[block][key]), (files, block, key)
+    model = json.loads((root / "output" / "sae_datasets" / dataset / "manifest.json").read_text())["model"]
+    expected = json.loads((Path(folder_paths.get_output_directory()) / "sae_datasets" / "files_reference" /
+                           "manifest.json").read_text())["model"]
+    assert model == expected and model["architecture"] == "sd15"  # the same weights, detected as SD1.5
