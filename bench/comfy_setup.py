@@ -40,8 +40,8 @@ def setup_comfy(device: str = "cpu"):
     comfy.cli_args.args.cpu = torch.device(device).type == "cpu"
     import comfy.model_management  # noqa: F401
 
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    if str(REPO) not in sys.path:  # after ComfyUI: its top-level `nodes` module, not this repository's nodes/
+        sys.path.append(str(REPO))
     from headless.comfy_import import load_pack
 
     return load_pack()
