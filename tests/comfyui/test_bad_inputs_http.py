@@ -195,15 +195,9 @@ def submit(server: ComfyServer, prompt: dict, timeout: float = 300.0) -> tuple[s
     if status == 400 or answer.get("node_errors"):  # 200 + node_errors: the outputs that validate still run
         return "refused", answer.get("node_errors", {})
     assert status == 200, answer
-    prompt_id = answer["prompt_id"]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        entry = server.get(f"/history/{prompt_id}").get(prompt_id)
-        if entry and entry.get("status", {}).get("completed") is not None:
-            errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
-            return ("failed", errors[0]) if errors else ("done", entry)
-        time.sleep(0.2)
-    raise TimeoutError(f"prompt {prompt_id} did not finish")
+    entry = server.wait(answer["prompt_id"], timeout)
+    errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    return ("failed", errors[0]) if errors else ("done", entry)
 
 
 def snapshot(folder: Path) -> set[str]:

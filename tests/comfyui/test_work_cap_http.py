@@ -6,7 +6,6 @@ the cap in the error. On a server started without a cap the same requests run: t
 """
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -74,13 +73,7 @@ CASES = [
 def submit(server: ComfyServer, prompt: dict, timeout: float = 300.0) -> dict:
     status, answer = server.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
     assert status == 200 and not answer.get("node_errors"), answer
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        entry = server.get(f"/history/{answer['prompt_id']}").get(answer["prompt_id"])
-        if entry and entry.get("status", {}).get("completed") is not None:
-            return entry
-        time.sleep(0.1)
-    raise TimeoutError(f"prompt did not finish:\n{server.log_text()}")
+    return server.wait(answer["prompt_id"], timeout)
 
 
 def messages(entry: dict) -> dict:
