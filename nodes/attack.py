@@ -28,12 +28,12 @@ from ..sae_core.evaluate.attack import (
     run_attack,
 )
 from ..sae_core.evaluate.classifiers import classify
-from ..sae_core.evaluate.metrics import canonical, predicted_classes
+from ..sae_core.evaluate.metrics import canonical, per_class_accuracy, predicted_classes
 from ..sae_core.evaluate.sweep import parse_seeds
 from ..sae_core.evaluate.through_inference import differentiable
 from ..sae_core.validate import check_text
 from .base import SAENode
-from .sampling import MAX_SIDE, SamplingSettings, encode_prompt, sampler_inputs, start_work
+from .sampling import MAX_SIDE, SamplingSettings, decoded_batch, encode_prompt, sampler_inputs, start_work
 from .sockets import CLASSIFIER
 
 CATEGORY = "SAE Lab/unlearning"
@@ -269,8 +269,6 @@ class SAEUnlearningAttack(SAENode):
         attacked_cond = words.encode(token_ids)
         text = words.text(token_ids)
         negative_cond = encode_prompt(clip, negative)
-        from .evaluate import decoded_batch
-
         attacked = decoded_batch(model, vae, [attacked_cond] * len(eval_seeds), negative_cond, eval_seeds, sampling)
         plain = decoded_batch(model, vae, [encode_prompt(clip, prompt)] * len(eval_seeds), negative_cond, eval_seeds,
                               sampling)
@@ -283,7 +281,7 @@ class SAEUnlearningAttack(SAENode):
             found = {}
             for name, images in (("attacked", attacked), ("plain", plain)):
                 predicted = predicted_classes(classify(classifier, images).numpy(), classifier.class_names)
-                found[name] = sum(canonical(p) == canonical(concept) for p in predicted) / len(predicted)
+                found[name] = per_class_accuracy(predicted, [concept] * len(predicted))[concept]
             asr = found["attacked"]
             lines.append(f"ASR (the classifier finds '{concept}'): attacked {100 * asr:.1f}%, plain prompt "
                          f"{100 * found['plain']:.1f}% of {len(eval_seeds)} images")

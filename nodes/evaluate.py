@@ -26,12 +26,14 @@ from ..sae_core.evaluate.classifiers import (
 from ..sae_core.evaluate.fid import INCEPTION_FILE, inception_extractor, missing_weights_message
 from ..sae_core.evaluate.metrics import predicted_classes
 from ..sae_core.evaluate.report import format_rows, score_row, scores_chart
+from ..sae_core.evaluate.sequential import chart_groups, check_order, step_rows, steps_of_sweep
 from ..sae_core.evaluate.sweep import (
     BASE,
     PAPER_MULTIPLIERS,
     PAPER_PERCENTILES,
     GridLayout,
     Run,
+    Setting,
     SweepGrid,
     SweepPlan,
     feature_row,
@@ -51,9 +53,9 @@ from .sampling import (
     MAX_BATCH,
     MAX_SIDE,
     SamplingSettings,
+    decoded_batch,
     encode_prompt,
     plan_batches,
-    sample_batch,
     sampler_inputs,
     start_work,
 )
@@ -238,15 +240,6 @@ def inception_file() -> Path:
         raise SAEInputError(missing_weights_message("in models/sae_classifiers"))
     name = next((n for n in names if Path(n).name == INCEPTION_FILE), names[0])
     return folders.find(folders.CLASSIFIER_FOLDER, name, "Inception weights")
-
-
-def decoded_batch(model, vae, positives: list, negative, seeds: list[int], settings: SamplingSettings):
-    """One batch sampled with ComfyUI's sampler and decoded, as float images on the CPU."""
-    latent = sample_batch(model, positives, negative, seeds, settings)
-    images = vae.decode(latent)
-    if images.ndim == 5:  # video VAEs: (B, T, H, W, 3)
-        images = images.reshape(-1, *images.shape[-3:])
-    return images.float().cpu()
 
 
 def unlearned_image_inputs() -> list:
@@ -498,9 +491,6 @@ class SAESequentialUnlearning(SAENode):
                 sampler_name: str = "euler", scheduler: str = "normal", width: int = 512, height: int = 512,
                 batch_size: int = 4, passes: str = "both", cross_classifier=None, concept_2=None, concept_3=None,
                 concept_4=None) -> io.NodeOutput:
-        from ..sae_core.evaluate.sequential import chart_groups, check_order, step_rows, steps_of_sweep
-        from ..sae_core.evaluate.sweep import Setting
-
         check_choice("passes", passes, UNLEARN_PASSES)
         if classifier is None:
             raise SAEInputError("classifier is required: the steps are scored by it")

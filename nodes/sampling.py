@@ -153,6 +153,15 @@ def sample_batch(model, positives: list[Conditioning], negative: Conditioning, s
                                negative, latent, denoise=1.0, callback=check_cancel, disable_pbar=True, seed=seeds[0])
 
 
+def decoded_batch(model, vae, positives: list, negative, seeds: list[int], settings: SamplingSettings) -> torch.Tensor:
+    """One batch sampled with ComfyUI's sampler and decoded, as float images on the CPU."""
+    latent = sample_batch(model, positives, negative, seeds, settings)
+    images = vae.decode(latent)
+    if images.ndim == 5:  # video VAEs: (B, T, H, W, 3)
+        images = images.reshape(-1, *images.shape[-3:])
+    return images.float().cpu()
+
+
 def profile_work(target: list[str], other: list[str], settings: SamplingSettings) -> Work:
     return Work(len(target) + len(other), settings.steps, f"{len(target)} target + {len(other)} other prompts")
 
